@@ -9,6 +9,7 @@ import os as _os
 try:
     from cbuffer._buffer import BufferFull, ConcurrentBuffer
     from cbuffer._ring import BufferRing, BufferState
+    from cbuffer.writer import DEFAULT_BUFFER_SIZE, ConcurrentBufferedWriter, open
 except ImportError as exc:  # no silent pure-Python fallback
     raise ImportError(
         "cbuffer's compiled extension modules could not be imported; "
@@ -16,7 +17,10 @@ except ImportError as exc:  # no silent pure-Python fallback
     ) from exc
 
 __version__ = "0.1.0"
-__all__ = ["BufferFull", "BufferRing", "BufferState", "ConcurrentBuffer", "get_include"]
+__all__ = [
+    "DEFAULT_BUFFER_SIZE", "BufferFull", "BufferRing", "BufferState", "ConcurrentBuffer",
+    "ConcurrentBufferedWriter", "get_include", "open",
+]
 
 
 def get_include():

@@ -89,6 +89,16 @@ cdef int ring_append(cb_ring *r, const char *src, uint64_t n, uint64_t *pos,
 # bound: every byte reserved before the call is in a generation below it.
 cdef uint64_t ring_seal_current(cb_ring *r) noexcept nogil
 
+# Reserve-free large write: seal the open buffer with src hung on as its tail
+# (handed to the sink right after it, no copy).  src must stay valid until
+# flushed > *gen, or until ring_detach_tail(r, *gen) gave it its own copy.
+cdef int ring_direct(cb_ring *r, const char *src, uint64_t n, uint64_t *pos,
+                     uint64_t *gen, double max_wait) noexcept nogil
+cdef int ring_detach_tail(cb_ring *r, uint64_t gen) noexcept nogil
+
+# Make sure no slot opens again and the open one is sealed (close()).
+cdef void ring_shut(cb_ring *r) noexcept nogil
+
 # Hand every sealed buffer below `target` to the sink, on the calling thread.
 cdef int ring_dispatch_until(cb_ring *r, uint64_t target, double max_wait) noexcept nogil
 
@@ -99,6 +109,7 @@ cdef int ring_wait_flushed(cb_ring *r, uint64_t target, double max_wait) noexcep
 cdef class BufferRing:
     cdef cb_ring *ring          # shared with the flusher thread (refcounted)
     cdef object _flusher        # the flusher threading.Thread, or None
+    cdef bint _started          # the flusher was started (it starts lazily)
     cdef object __weakref__
     cdef _setup(self, uint64_t count, uint64_t size, int fd, object sink,
                 bint auto_flush, bint auto_rotate, uint64_t start, bint fsync,

@@ -47,7 +47,9 @@ A slot's life::
   it sees ``closing`` and backs off, or ``close()`` sees the claim and either
   seals the opened slot or shuts it before the opener's CAS to 0 can succeed.
 """
+import atexit
 import os
+import sys
 import threading
 import weakref
 from collections import namedtuple
@@ -517,6 +519,9 @@ cdef uint64_t ring_dispatch_ready(cb_ring *r) noexcept nogil:
             break
         if r.fd >= 0:
             w = write_fd(r, batch, k)
+            # Synced before they count as flushed: flush() promises both.
+            if w and r.fsync and c_fsync(r.fd) != 0:
+                ring_set_errno(r, errno)
         else:
             w = write_python(r, batch, k)
         for i in range(w):
@@ -527,9 +532,6 @@ cdef uint64_t ring_dispatch_ready(cb_ring *r) noexcept nogil:
             ring_try_open(r)
         if w < k:
             break
-    if total and r.fsync and r.fd >= 0 and not cb_load_acquire(&r.error):
-        if c_fsync(r.fd) != 0:
-            ring_set_errno(r, errno)
     return total
 
 
@@ -541,10 +543,10 @@ cdef int ring_dispatch_until(cb_ring *r, uint64_t target, double max_wait) noexc
         cb_mutex_lock(&r.dispatch_mu)
         ring_dispatch_ready(r)
         cb_mutex_unlock(&r.dispatch_mu)
-        if cb_load_acquire(&r.flushed) >= target:
-            return RING_OK
         if cb_load_acquire(&r.error):
             return RING_ERROR
+        if cb_load_acquire(&r.flushed) >= target:
+            return RING_OK
         now = cb_monotonic()
         if max_wait >= 0:
             if deadline < 0:
@@ -561,10 +563,10 @@ cdef int ring_wait_flushed(cb_ring *r, uint64_t target, double max_wait) noexcep
     cdef double deadline = -1.0, now
     while True:
         key = cb_event_key(&r.done_ev)
-        if cb_load_acquire(&r.flushed) >= target:
-            return RING_OK
         if cb_load_acquire(&r.error):
             return RING_ERROR
+        if cb_load_acquire(&r.flushed) >= target:
+            return RING_OK
         now = cb_monotonic()
         if max_wait >= 0:
             if deadline < 0:
@@ -712,6 +714,8 @@ def _after_fork_in_child():
 
 
 os.register_at_fork(before=_flush_live_rings, after_in_child=_after_fork_in_child)
+# Runs after non-daemon threads were joined, while the flushers still run.
+atexit.register(_flush_live_rings)
 
 
 # ---------------------------------------------------------------- Python API
@@ -757,6 +761,7 @@ cdef class BufferRing:
     def __cinit__(self, *args, **kwargs):
         self.ring = NULL
         self._flusher = None
+        self._started = False
 
     def __init__(self, buffer_count, buffer_size, sink, *, auto_flush=True, auto_rotate=True):
         _check_geometry(buffer_count, buffer_size)
@@ -789,7 +794,7 @@ cdef class BufferRing:
 
     cdef _start_flusher(self):
         cdef _RingHandle handle
-        if self._flusher is not None or cb_load_relaxed(&self.ring.stop):
+        if self._started or cb_load_relaxed(&self.ring.stop):
             return
         handle = _RingHandle.__new__(_RingHandle)
         cb_fetch_add_relaxed(&self.ring.refs, 1)
@@ -798,6 +803,7 @@ cdef class BufferRing:
                                   name="cbuffer-flusher", daemon=True)
         thread.start()
         self._flusher = thread
+        self._started = True
         _live_rings.add(self)
 
     def __dealloc__(self):
@@ -919,6 +925,7 @@ cdef class BufferRing:
         closing = cb_load_relaxed(&r.closing)
         ring_reset(r, cb_load_relaxed(&r.written))
         self._flusher = None
+        self._started = False
         if closing:
             with nogil:
                 ring_shut(r)
@@ -995,7 +1002,8 @@ cdef class BufferRing:
         finally:
             cb_store_release(&r.stop, 1)
             cb_event_notify(&r.work_ev)
-            if self._flusher is not None and self._flusher is not threading.current_thread():
+            if (self._flusher is not None and self._flusher is not threading.current_thread()
+                    and not sys.is_finalizing()):
                 self._flusher.join()
             _live_rings.discard(self)
 
