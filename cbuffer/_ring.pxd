@@ -7,6 +7,7 @@ flusher thread, which takes the GIL itself).  ``max_wait`` arguments are in
 seconds: 0 never waits, < 0 waits as long as it takes, > 0 waits at most that
 long and then returns RING_WOULD_BLOCK so the caller can check for signals.
 """
+cimport cython
 from libc.stdint cimport uint64_t
 from cpython.object cimport PyObject
 
@@ -110,6 +111,7 @@ cdef class BufferRing:
     cdef cb_ring *ring          # shared with the flusher thread (refcounted)
     cdef object _flusher        # the flusher threading.Thread, or None
     cdef bint _started          # the flusher was started (it starts lazily)
+    cdef cython.pymutex _start_lock  # one flusher even when two threads start it
     cdef object __weakref__
     cdef _setup(self, uint64_t count, uint64_t size, int fd, object sink,
                 bint auto_flush, bint auto_rotate, uint64_t start, bint fsync,

@@ -793,17 +793,17 @@ cdef class BufferRing:
         self.ring = r
 
     cdef _start_flusher(self):
-        cdef _RingHandle handle
-        if self._started or cb_load_relaxed(&self.ring.stop):
-            return
-        handle = _RingHandle.__new__(_RingHandle)
+        with self._start_lock:
+            if self._started or cb_load_relaxed(&self.ring.stop):
+                return
+            self._started = True
+        cdef _RingHandle handle = _RingHandle.__new__(_RingHandle)
         cb_fetch_add_relaxed(&self.ring.refs, 1)
         handle.ring = self.ring
         thread = threading.Thread(target=_flusher_main, args=(handle,),
                                   name="cbuffer-flusher", daemon=True)
         thread.start()
         self._flusher = thread
-        self._started = True
         _live_rings.add(self)
 
     def __dealloc__(self):
