@@ -148,9 +148,14 @@ cdef class ConcurrentBuffer:
             status = region_reserve(&self.region, view.len, &offset, &dst, False)
             if status == CB_CLOSED or status == CB_BUSY:
                 # A flush holds the region: wait for it without the GIL, since
-                # the flush needs the GIL to build its bytes object.
+                # the flush needs the GIL to build its bytes object.  Copy and
+                # leave in the same nogil block: a writer counted in the region
+                # must never wait for the GIL, or the flush waits on it.
                 with nogil:
-                    status = region_reserve(&self.region, view.len, &offset, &dst, True)
+                    status = region_append(&self.region, <const char *>view.buf,
+                                           view.len, &offset)
+                if status == CB_OK:
+                    return offset
             if status == CB_NO_ROOM:
                 raise BufferFull(
                     f"{view.len} bytes do not fit: "

@@ -107,6 +107,11 @@ cdef int ring_dispatch_until(cb_ring *r, uint64_t target, double max_wait) noexc
 cdef int ring_wait_flushed(cb_ring *r, uint64_t target, double max_wait) noexcept nogil
 
 
+# Waits of the Python-level write path (seconds); see _ring.pyx.
+cdef double SIGNAL_CHECK
+cdef double GIL_HELD_WAIT
+
+
 cdef class BufferRing:
     cdef cb_ring *ring          # shared with the flusher thread (refcounted)
     cdef object _flusher        # the flusher threading.Thread, or None

@@ -109,6 +109,14 @@ cdef enum:
 cdef Py_ssize_t NOGIL_COPY = 64 * 1024
 # How long a GIL-released wait lasts before the caller checks for signals.
 cdef double SIGNAL_CHECK = 0.05
+# With an fd sink (a flusher that never needs the GIL) a writer that finds the
+# ring full first waits this long *holding* the GIL: under the GIL the other
+# writers could only hit the same full ring, and handing the GIL round a crowd
+# of woken writers is what makes a lock convoy.  Longer waits release it.
+cdef double GIL_HELD_WAIT = 0.002
+# After dispatching, the flusher polls this long for the next sealed buffer
+# before it sleeps: a wake-up costs more than a buffer takes to fill.
+cdef double FLUSHER_POLL = 0.00005
 
 BufferState = namedtuple("BufferState", "index offset writers sealed flushing")
 BufferState.__doc__ = "A snapshot of the buffer currently accepting writes."
@@ -583,13 +591,21 @@ cdef void flusher_loop(cb_ring *r) noexcept nogil:
     every ``interval``, sleep on work_ev otherwise; exit once stopped and
     drained (or stopped with an error set, which leaves the bytes queued)."""
     cdef unsigned key
-    cdef double now, timeout
+    cdef double now, timeout, poll_until = -1.0
     cdef double next_tick = cb_monotonic() + r.interval if r.interval > 0 else -1.0
+    cdef uint64_t dispatched
     while True:
         key = cb_event_key(&r.work_ev)
         cb_mutex_lock(&r.dispatch_mu)
-        ring_dispatch_ready(r)
+        dispatched = ring_dispatch_ready(r)
         cb_mutex_unlock(&r.dispatch_mu)
+        if dispatched:
+            poll_until = cb_monotonic() + FLUSHER_POLL
+        if poll_until >= 0 and not cb_load_acquire(&r.stop):
+            if cb_monotonic() < poll_until:
+                cb_cpu_relax()
+                continue
+            poll_until = -1.0
         timeout = 1.0
         if next_tick >= 0:
             now = cb_monotonic()
@@ -823,13 +839,6 @@ cdef class BufferRing:
         cdef char *dst
         cdef cb_slot *slot
         cdef int st = ring_reserve(r, n, pos, &dst, &slot, 0)
-        while st == RING_WOULD_BLOCK:
-            # Ring full: wait without the GIL (a Python sink needs it), and
-            # look for signals now and then.
-            with nogil:
-                st = ring_reserve(r, n, pos, &dst, &slot, SIGNAL_CHECK)
-            if st == RING_WOULD_BLOCK:
-                PyErr_CheckSignals()
         if st == RING_OK:
             if n >= NOGIL_COPY:
                 with nogil:
@@ -838,6 +847,19 @@ cdef class BufferRing:
             else:
                 memcpy(dst, src, n)
                 ring_commit(r, slot)
+            return 0
+        if st == RING_WOULD_BLOCK and r.fd >= 0 and r.auto_flush:
+            st = ring_append(r, src, n, pos, GIL_HELD_WAIT)
+        while st == RING_WOULD_BLOCK:
+            # Ring full: wait without the GIL (a Python sink needs it), and
+            # look for signals now and then.  The copy stays inside the same
+            # nogil block: a writer must never wait for the GIL while it is
+            # counted in a buffer, or the buffer cannot be dispatched.
+            with nogil:
+                st = ring_append(r, src, n, pos, SIGNAL_CHECK)
+            if st == RING_WOULD_BLOCK:
+                PyErr_CheckSignals()
+        if st == RING_OK:
             return 0
         if st == RING_TOO_BIG:
             raise ValueError(f"a record of {n} bytes does not fit in a buffer of {r.size} bytes")

@@ -20,8 +20,8 @@ from libc.stdint cimport uint64_t
 from libc.string cimport memchr, memcpy
 
 from cbuffer._ring cimport (
-    BufferRing, RING_ERROR, RING_OK, RING_SHUT, RING_WOULD_BLOCK, cb_ring,
-    cb_slot, ring_commit, ring_detach_tail, ring_direct, ring_reserve,
+    GIL_HELD_WAIT, SIGNAL_CHECK, BufferRing, RING_ERROR, RING_OK, RING_SHUT, RING_WOULD_BLOCK, cb_ring,
+    cb_slot, ring_append, ring_commit, ring_detach_tail, ring_direct, ring_reserve,
     ring_wait_flushed,
 )
 from cbuffer._state cimport cb_mutex_lock, cb_mutex_unlock
@@ -36,7 +36,6 @@ import threading
 from cbuffer._ring import _check_geometry
 
 cdef Py_ssize_t NOGIL_COPY = 64 * 1024
-cdef double SIGNAL_CHECK = 0.05
 
 
 cdef object _closed_error():
@@ -152,18 +151,19 @@ cdef class WriterCore(BufferRing):
                     memcpy(dst, src, n)
                     ring_commit(r, slot)
             return 0
+        if st == RING_WOULD_BLOCK and r.auto_flush and r.fd >= 0:
+            st = ring_append(r, src, n, pos, GIL_HELD_WAIT)
         while st == RING_WOULD_BLOCK:
             if not r.auto_flush:
                 raise BlockingIOError(errno.EAGAIN, "every buffer is sealed and waiting "
                                       "for flush() (auto_flush=False)", 0)
+            # Reserve, copy and leave in one nogil block: a writer counted in
+            # a buffer must never wait for the GIL (see _ring.pyx).
             with nogil:
-                st = ring_reserve(r, n, pos, &dst, &slot, SIGNAL_CHECK)
+                st = ring_append(r, src, n, pos, SIGNAL_CHECK)
             if st == RING_WOULD_BLOCK:
                 PyErr_CheckSignals()
         if st == RING_OK:
-            with nogil:
-                memcpy(dst, src, n)
-                ring_commit(r, slot)
             return 0
         return self._refused(st)
 
