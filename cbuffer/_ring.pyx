@@ -712,7 +712,7 @@ def _flusher_main(_RingHandle handle):
         flusher_loop(handle.ring)
 
 
-# Rings with a flusher, for the exit flush and for fork().
+# Every ring, for the exit flush (auto_flush rings) and for fork().
 _live_rings = weakref.WeakSet()
 
 
@@ -807,6 +807,7 @@ cdef class BufferRing:
         r.fsync = fsync
         r.interval = interval
         self.ring = r
+        _live_rings.add(self)
 
     cdef _start_flusher(self):
         with self._start_lock:
@@ -820,7 +821,6 @@ cdef class BufferRing:
                                   name="cbuffer-flusher", daemon=True)
         thread.start()
         self._flusher = thread
-        _live_rings.add(self)
 
     def __dealloc__(self):
         if self.ring != NULL:
@@ -930,8 +930,9 @@ cdef class BufferRing:
             ring_seal_current(self.ring)
 
     def _exit_flush(self):
-        if self.ring != NULL and self.ring.auto_flush and not cb_load_relaxed(&self.ring.closing):
-            self._flush()
+        # At exit and before fork(); auto_flush=False rings wait for flush().
+        if self.ring != NULL and self.ring.auto_flush and not self.closed:
+            self.flush()
 
     def _after_fork(self):
         """In a forked child: an empty ring (the parent owns what was
