@@ -122,7 +122,9 @@ cdef class BufferRing:
                 bint auto_flush, bint auto_rotate, uint64_t start, bint fsync,
                 double interval)
     cdef _check_open(self)
-    cdef int _append_view(self, const char *src, Py_ssize_t n, uint64_t *pos) except -1
+    cdef int _put_small(self, const char *src, Py_ssize_t n, uint64_t *pos,
+                        bint wait) except -1
+    cdef int _raise_status(self, int st, Py_ssize_t n) except -1
     cdef int _flush(self) except -1
     cdef int _raise_error(self) except -1
     cdef _start_flusher(self)

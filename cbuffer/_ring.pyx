@@ -834,7 +834,10 @@ cdef class BufferRing:
 
     # -- appending
 
-    cdef int _append_view(self, const char *src, Py_ssize_t n, uint64_t *pos) except -1:
+    cdef int _put_small(self, const char *src, Py_ssize_t n, uint64_t *pos,
+                        bint wait) except -1:
+        """Copy n <= buffer_size bytes in; returns the RingStatus.  With
+        ``wait`` a full ring is waited out (raising only for a signal)."""
         cdef cb_ring *r = self.ring
         cdef char *dst
         cdef cb_slot *slot
@@ -847,27 +850,33 @@ cdef class BufferRing:
             else:
                 memcpy(dst, src, n)
                 ring_commit(r, slot)
-            return 0
+            return st
+        if not wait:
+            return st
         if st == RING_WOULD_BLOCK and r.fd >= 0 and r.auto_flush:
             st = ring_append(r, src, n, pos, GIL_HELD_WAIT)
         while st == RING_WOULD_BLOCK:
-            # Ring full: wait without the GIL (a Python sink needs it), and
-            # look for signals now and then.  The copy stays inside the same
-            # nogil block: a writer must never wait for the GIL while it is
-            # counted in a buffer, or the buffer cannot be dispatched.
+            # Wait without the GIL (a Python sink needs it) and look for
+            # signals now and then.  Reserve, copy and leave in one nogil
+            # block: a writer counted in a buffer must never wait for the
+            # GIL, or that buffer cannot be dispatched.
             with nogil:
                 st = ring_append(r, src, n, pos, SIGNAL_CHECK)
             if st == RING_WOULD_BLOCK:
                 PyErr_CheckSignals()
-        if st == RING_OK:
-            return 0
+        return st
+
+    cdef int _raise_status(self, int st, Py_ssize_t n) except -1:
+        """Raise what a refused append means to a Python caller."""
         if st == RING_TOO_BIG:
-            raise ValueError(f"a record of {n} bytes does not fit in a buffer of {r.size} bytes")
+            raise ValueError(f"a record of {n} bytes does not fit in a buffer of {self.ring.size} bytes")
         if st == RING_NO_ROOM:
             raise BufferFull(f"{n} bytes do not fit in the current buffer; rotate() first")
         if st == RING_ERROR:
-            return self._raise_error()
-        raise ValueError("the ring is closed")
+            self._raise_error()
+        if st == RING_SHUT:
+            raise ValueError("write to closed file")
+        raise RuntimeError(f"unexpected ring status {st}")
 
     def append(self, data):
         """append(data) -> int
@@ -882,7 +891,9 @@ cdef class BufferRing:
         self._check_open()
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
-            self._append_view(<const char *>view.buf, view.len, &pos)
+            st = self._put_small(<const char *>view.buf, view.len, &pos, True)
+            if st != RING_OK:
+                self._raise_status(st, view.len)
         finally:
             PyBuffer_Release(&view)
         return pos

@@ -17,12 +17,11 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SIZE
 from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport uint64_t
-from libc.string cimport memchr, memcpy
+from libc.string cimport memchr
 
 from cbuffer._ring cimport (
-    GIL_HELD_WAIT, SIGNAL_CHECK, BufferRing, RING_ERROR, RING_OK, RING_SHUT, RING_WOULD_BLOCK, cb_ring,
-    cb_slot, ring_append, ring_commit, ring_detach_tail, ring_direct, ring_reserve,
-    ring_wait_flushed,
+    SIGNAL_CHECK, BufferRing, RING_ERROR, RING_OK, RING_WOULD_BLOCK, cb_ring,
+    ring_detach_tail, ring_direct, ring_wait_flushed,
 )
 from cbuffer._state cimport cb_mutex_lock, cb_mutex_unlock
 
@@ -34,8 +33,6 @@ import stat
 import threading
 
 from cbuffer._ring import _check_geometry
-
-cdef Py_ssize_t NOGIL_COPY = 64 * 1024
 
 
 cdef object _closed_error():
@@ -132,8 +129,6 @@ cdef class WriterCore(BufferRing):
 
     cdef int _put(self, const char *src, Py_ssize_t n, uint64_t *pos) except -1:
         cdef cb_ring *r = self.ring
-        cdef char *dst
-        cdef cb_slot *slot
         cdef int st
         if self._closed:
             raise _closed_error()
@@ -141,38 +136,13 @@ cdef class WriterCore(BufferRing):
             self._start_flusher()
         if <uint64_t>n > r.size:
             return self._put_direct(src, n, pos)
-        st = ring_reserve(r, n, pos, &dst, &slot, 0)
-        if st == RING_OK:
-            if n < NOGIL_COPY:
-                memcpy(dst, src, n)
-                ring_commit(r, slot)
-            else:
-                with nogil:
-                    memcpy(dst, src, n)
-                    ring_commit(r, slot)
-            return 0
-        if st == RING_WOULD_BLOCK and r.auto_flush and r.fd >= 0:
-            st = ring_append(r, src, n, pos, GIL_HELD_WAIT)
-        while st == RING_WOULD_BLOCK:
-            if not r.auto_flush:
-                raise BlockingIOError(errno.EAGAIN, "every buffer is sealed and waiting "
-                                      "for flush() (auto_flush=False)", 0)
-            # Reserve, copy and leave in one nogil block: a writer counted in
-            # a buffer must never wait for the GIL (see _ring.pyx).
-            with nogil:
-                st = ring_append(r, src, n, pos, SIGNAL_CHECK)
-            if st == RING_WOULD_BLOCK:
-                PyErr_CheckSignals()
+        st = self._put_small(src, n, pos, r.auto_flush)
         if st == RING_OK:
             return 0
-        return self._refused(st)
-
-    cdef int _refused(self, int st) except -1:
-        if st == RING_ERROR:
-            self._raise_error()
-        if st == RING_SHUT:
-            raise _closed_error()
-        raise RuntimeError(f"unexpected ring status {st}")
+        if st == RING_WOULD_BLOCK:
+            raise BlockingIOError(errno.EAGAIN, "every buffer is sealed and waiting "
+                                  "for flush() (auto_flush=False)", 0)
+        return self._raise_status(st, n)
 
     cdef int _put_direct(self, const char *src, Py_ssize_t n, uint64_t *pos) except -1:
         """A write larger than a buffer: handed over without a copy, in order."""
@@ -189,7 +159,7 @@ cdef class WriterCore(BufferRing):
                 break
             PyErr_CheckSignals()
         if st != RING_OK:
-            return self._refused(st)
+            return self._raise_status(st, n)
         # The bytes are accepted; stay until the sink has them, since they are
         # the caller's.  If we must leave early they get a copy of their own.
         try:
