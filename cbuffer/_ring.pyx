@@ -62,7 +62,7 @@ from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy
 from posix.stdlib cimport posix_memalign
 from posix.uio cimport iovec, writev
 from posix.unistd cimport fsync as c_fsync

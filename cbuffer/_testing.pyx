@@ -42,10 +42,10 @@ cdef uint32_t CRC_TABLE[256]
 
 
 cdef void _init_crc() noexcept:
-    cdef uint32_t c, n, k
+    cdef uint32_t c, n
     for n in range(256):
         c = n
-        for k in range(8):
+        for _ in range(8):
             c = (0xEDB88320u ^ (c >> 1)) if (c & 1) else (c >> 1)
         CRC_TABLE[n] = c
 
@@ -183,10 +183,10 @@ def hammer_ring_plain(BufferRing ring, int threads, int per_thread, bytes payloa
     def worker(uint32_t tid, _Start start):
         cdef cb_ring *r = ring.ring
         cdef uint64_t pos
-        cdef int i, st = RING_OK
+        cdef int _i, st = RING_OK
         with nogil:
             start.arrive()
-            for i in range(per_thread):
+            for _i in range(per_thread):
                 st = ring_append(r, src, n, &pos, -1)
                 if st != RING_OK:
                     break
@@ -250,10 +250,10 @@ def bare_fetch_add(int threads, long iterations):
     cdef cb_atomic_u64 *p = &counter
 
     def worker(uint32_t tid, _Start start):
-        cdef long i
+        cdef long _i
         with nogil:
             start.arrive()
-            for i in range(iterations):
+            for _i in range(iterations):
                 cb_fetch_add_acq_rel(p, 1)
     _, elapsed = _run_threads(worker, threads)
     if cb_load_acquire(&counter) != <uint64_t>threads * iterations:

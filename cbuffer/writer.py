@@ -23,9 +23,7 @@ _OPEN_FLAGS = {
 
 
 class ConcurrentBufferedWriter(io.RawIOBase):
-    """ConcurrentBufferedWriter(raw, buffer_size=65536, *, buffer_count=4, flush_interval=None, line_buffering=False, fsync=False, auto_flush=True, closefd=True)
-
-    A buffered binary writer that many threads can write at once without a
+    """A buffered binary writer that many threads can write at once without a
     lock; a drop-in for :class:`io.BufferedWriter` on one file, pipe or socket.
 
     :param raw: an int file descriptor, an :class:`io.FileIO` or a

@@ -10,9 +10,9 @@ def append_many(BufferRing ring, bytes record, int count):
     cdef const char *src = record
     cdef uint64_t n = len(record)
     cdef uint64_t pos
-    cdef int i, st = RING_OK
+    cdef int _i, st = RING_OK
     positions = []
-    for i in range(count):
+    for _i in range(count):
         with nogil:
             st = ring_append(ring.ring, src, n, &pos, -1)
         if st != RING_OK:
