@@ -57,6 +57,8 @@ cdef struct cb_ring:
     cb_mutex exc_mu  # guards exc (never held across a call)
     cb_atomic_u64 closing   # set once by close(): no slot opens again
     cb_atomic_u64 stop      # the flusher thread should drain and exit
+    cb_atomic_u64 inline    # no flusher (interpreter exit): waiters dispatch themselves
+    cb_atomic_u64 py_owner  # ident of a thread in Python code under dispatch_mu, or 0
     cb_atomic_u64 refs      # owners: the BufferRing object and the flusher thread
     cb_mutex dispatch_mu  # one dispatcher at a time, buffers in seal order
     cb_event space_ev       # a slot opened or an error was set: writers re-check
@@ -105,6 +107,14 @@ cdef int ring_dispatch_until(cb_ring *r, uint64_t target, double max_wait) noexc
 
 # Wait until the flusher thread has handed every generation below `target`.
 cdef int ring_wait_flushed(cb_ring *r, uint64_t target, double max_wait) noexcept nogil
+
+# Wait until every generation below `target` reached the sink: by the flusher,
+# or on the calling thread when there is none (auto_flush=False, or inline).
+cdef int ring_await(cb_ring *r, uint64_t target, double max_wait) noexcept nogil
+
+# True when the calling thread runs Python code under dispatch_mu (a signal
+# handler interrupted a sink call or raw.flush()): it must not wait for dispatch.
+cdef bint ring_owned_by_me(cb_ring *r) noexcept nogil
 
 
 # Waits of the Python-level write path (seconds); see _ring.pyx.

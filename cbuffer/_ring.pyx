@@ -82,6 +82,7 @@ from cbuffer._state cimport (
 
 cdef extern from "Python.h":
     int PyBUF_READ
+    unsigned long PyThread_get_thread_ident() nogil
 
 cdef extern from "<poll.h>" nogil:
     struct pollfd:
@@ -447,9 +448,19 @@ cdef uint64_t write_python(cb_ring *r, cb_slot **batch, uint64_t k) noexcept nog
 
 
 cdef uint64_t write_python_gil(cb_ring *r, cb_slot **batch, uint64_t k) noexcept:
+    # Marks this thread as the owner so that a signal handler run inside the
+    # sink call and writing to this ring does not wait for itself.
+    cdef object sink = <object>r.sink
+    cb_store_relaxed(&r.py_owner, PyThread_get_thread_ident())
+    try:
+        return python_sink_calls(r, sink, batch, k)
+    finally:
+        cb_store_relaxed(&r.py_owner, 0)
+
+
+cdef uint64_t python_sink_calls(cb_ring *r, object sink, cb_slot **batch, uint64_t k) noexcept:
     """Call the Python sink with a read-only view of each part, continuing
     when it reports a short write.  A raised exception becomes sticky."""
-    cdef object sink = <object>r.sink
     cdef uint64_t i, total, n, w
     cdef const char *p
     cdef cb_slot *slot
@@ -472,6 +483,8 @@ cdef uint64_t write_python_gil(cb_ring *r, cb_slot **batch, uint64_t k) noexcept
                     w = res
                 else:
                     raise ValueError(f"sink returned {res!r} for a write of {n} bytes")
+            except InterruptedError:
+                continue  # EINTR: nothing written; offer the same bytes again, as io does
             except BaseException as exc:
                 ring_set_exception(r, exc)
                 return i
@@ -586,6 +599,16 @@ cdef int ring_wait_flushed(cb_ring *r, uint64_t target, double max_wait) noexcep
             cb_event_wait(&r.done_ev, key, 1.0)
 
 
+cdef int ring_await(cb_ring *r, uint64_t target, double max_wait) noexcept nogil:
+    if r.auto_flush and not cb_load_acquire(&r.inline):
+        return ring_wait_flushed(r, target, max_wait)
+    return ring_dispatch_until(r, target, max_wait)
+
+
+cdef bint ring_owned_by_me(cb_ring *r) noexcept nogil:
+    return cb_load_relaxed(&r.py_owner) == PyThread_get_thread_ident()
+
+
 cdef void flusher_loop(cb_ring *r) noexcept nogil:
     """The background flusher: dispatch what is ready, seal the open buffer
     every ``interval``, sleep on work_ev otherwise; exit once stopped and
@@ -615,6 +638,8 @@ cdef void flusher_loop(cb_ring *r) noexcept nogil:
                     ring_seal_current(r)
                 continue
             timeout = next_tick - now
+        if cb_load_acquire(&r.inline):
+            return  # dispatch is the waiters' job from now on
         if cb_load_acquire(&r.stop):
             if cb_load_acquire(&r.error) or cb_load_acquire(&r.flushed) >= cb_load_acquire(&r.current):
                 return
@@ -724,6 +749,12 @@ def _flush_live_rings():
             pass  # an error is sticky on the ring; exit goes on
 
 
+def _at_exit():
+    _flush_live_rings()
+    for ring in list(_live_rings):
+        ring._stop_python_flusher()
+
+
 def _after_fork_in_child():
     for ring in list(_live_rings):
         ring._after_fork()
@@ -731,7 +762,7 @@ def _after_fork_in_child():
 
 os.register_at_fork(before=_flush_live_rings, after_in_child=_after_fork_in_child)
 # Runs after non-daemon threads were joined, while the flushers still run.
-atexit.register(_flush_live_rings)
+atexit.register(_at_exit)
 
 
 # ---------------------------------------------------------------- Python API
@@ -811,7 +842,8 @@ cdef class BufferRing:
 
     cdef _start_flusher(self):
         with self._start_lock:
-            if self._started or cb_load_relaxed(&self.ring.stop):
+            if (self._started or cb_load_relaxed(&self.ring.stop)
+                    or cb_load_relaxed(&self.ring.inline)):
                 return
             self._started = True
         cdef _RingHandle handle = _RingHandle.__new__(_RingHandle)
@@ -856,11 +888,16 @@ cdef class BufferRing:
         if st == RING_WOULD_BLOCK and r.fd >= 0 and r.auto_flush:
             st = ring_append(r, src, n, pos, GIL_HELD_WAIT)
         while st == RING_WOULD_BLOCK:
+            if ring_owned_by_me(r):
+                raise RuntimeError("reentrant write: the ring is full while this thread is "
+                                   "handing it to the sink (a signal handler writing?)")
             # Wait without the GIL (a Python sink needs it) and look for
             # signals now and then.  Reserve, copy and leave in one nogil
             # block: a writer counted in a buffer must never wait for the
             # GIL, or that buffer cannot be dispatched.
             with nogil:
+                if cb_load_acquire(&r.inline):
+                    ring_dispatch_until(r, cb_load_acquire(&r.flushed) + 1, SIGNAL_CHECK)
                 st = ring_append(r, src, n, pos, SIGNAL_CHECK)
             if st == RING_WOULD_BLOCK:
                 PyErr_CheckSignals()
@@ -912,15 +949,17 @@ cdef class BufferRing:
             return self._raise_error()
         with nogil:
             target = ring_seal_current(r)
+        if ring_owned_by_me(r):
+            # A signal handler inside this thread's own dispatch: what it
+            # sealed is dispatched once the interrupted call returns.
+            cb_event_notify(&r.work_ev)
+            return 0
+        if r.auto_flush:
+            self._start_flusher()
+            cb_event_notify(&r.work_ev)
         while True:
-            if r.auto_flush:
-                self._start_flusher()
-                cb_event_notify(&r.work_ev)
-                with nogil:
-                    st = ring_wait_flushed(r, target, SIGNAL_CHECK)
-            else:
-                with nogil:
-                    st = ring_dispatch_until(r, target, SIGNAL_CHECK)
+            with nogil:
+                st = ring_await(r, target, SIGNAL_CHECK)
             if st == RING_OK:
                 return 0
             if st == RING_ERROR:
@@ -944,6 +983,18 @@ cdef class BufferRing:
         # At exit and before fork(); auto_flush=False rings wait for flush().
         if self.ring != NULL and self.ring.auto_flush and not self.closed:
             self.flush()
+
+    def _stop_python_flusher(self):
+        """At exit: a flusher calling a Python sink would need the GIL while
+        the interpreter finalizes, so stop it; writes made from here on are
+        dispatched by the threads that wait for them."""
+        cdef cb_ring *r = self.ring
+        if r == NULL or r.sink == NULL:
+            return
+        cb_store_release(&r.inline, 1)
+        cb_event_notify(&r.work_ev)
+        if self._flusher is not None and self._flusher is not threading.current_thread():
+            self._flusher.join()
 
     def _after_fork(self):
         """In a forked child: an empty ring (the parent owns what was
@@ -1017,17 +1068,18 @@ cdef class BufferRing:
         cdef int st
         if r == NULL or cb_load_acquire(&r.stop):
             return
+        if ring_owned_by_me(r):
+            raise RuntimeError("reentrant close: this thread is handing the ring to the sink "
+                               "(a signal handler closing it?)")
         with nogil:
             ring_shut(r)
+        if self._flusher is None:
+            cb_store_release(&r.inline, 1)  # never started: nothing to wait for
         try:
             while True:
-                if r.auto_flush and self._flusher is not None:
-                    cb_event_notify(&r.work_ev)
-                    with nogil:
-                        st = ring_wait_flushed(r, cb_load_acquire(&r.current), SIGNAL_CHECK)
-                else:
-                    with nogil:
-                        st = ring_dispatch_until(r, cb_load_acquire(&r.current), SIGNAL_CHECK)
+                cb_event_notify(&r.work_ev)
+                with nogil:
+                    st = ring_await(r, cb_load_acquire(&r.current), SIGNAL_CHECK)
                 if st == RING_OK:
                     break
                 if st == RING_ERROR:

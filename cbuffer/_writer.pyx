@@ -21,9 +21,13 @@ from libc.string cimport memchr
 
 from cbuffer._ring cimport (
     SIGNAL_CHECK, BufferRing, RING_ERROR, RING_OK, RING_WOULD_BLOCK, cb_ring,
-    ring_detach_tail, ring_direct, ring_wait_flushed,
+    ring_detach_tail, ring_direct, ring_await, ring_owned_by_me,
 )
-from cbuffer._state cimport cb_mutex_lock, cb_mutex_unlock
+from cbuffer._state cimport cb_mutex_lock, cb_mutex_unlock, cb_store_relaxed
+
+
+cdef extern from "Python.h":
+    unsigned long PyThread_get_thread_ident() nogil
 
 import errno
 import io
@@ -70,7 +74,6 @@ cdef class WriterCore(BufferRing):
     cdef bint _closed               # close() has begun: writes raise
     cdef bint _close_done           # close() has finished
     cdef cython.pymutex _close_lock
-    cdef object _raw_flush_owner    # thread flushing raw now (signal-handler re-entry)
 
     def __init__(self, raw, buffer_size, buffer_count=4, flush_interval=None,
                  line_buffering=False, fsync=False, auto_flush=True, closefd=True):
@@ -123,7 +126,6 @@ cdef class WriterCore(BufferRing):
         self.flush_interval = flush_interval
         self._closed = False
         self._close_done = False
-        self._raw_flush_owner = None
 
     # -- the write path
 
@@ -157,15 +159,18 @@ cdef class WriterCore(BufferRing):
                 st = ring_direct(r, src, n, pos, &gen, SIGNAL_CHECK)
             if st != RING_WOULD_BLOCK:
                 break
+            if ring_owned_by_me(r):
+                raise RuntimeError("reentrant write: the ring is full while this thread is "
+                                   "handing it to the sink (a signal handler writing?)")
             PyErr_CheckSignals()
         if st != RING_OK:
             return self._raise_status(st, n)
         # The bytes are accepted; stay until the sink has them, since they are
         # the caller's.  If we must leave early they get a copy of their own.
         try:
-            while True:
+            while not ring_owned_by_me(r):  # (else it cannot be dispatched before we return)
                 with nogil:
-                    st = ring_wait_flushed(r, gen + 1, SIGNAL_CHECK)
+                    st = ring_await(r, gen + 1, SIGNAL_CHECK)
                 if st == RING_OK:
                     return 0
                 if st == RING_ERROR:
@@ -240,12 +245,11 @@ cdef class WriterCore(BufferRing):
         the dispatch mutex so it never runs beside the flusher's raw.write."""
         if self.fd >= 0 or self.ring.sink == NULL:
             return 0
-        me = threading.get_ident()
-        if self._raw_flush_owner == me:
-            return 0  # re-entered from a signal handler that interrupted us
+        if ring_owned_by_me(self.ring):
+            return 0  # a signal handler that interrupted this thread's dispatch
         with nogil:
             cb_mutex_lock(&self.ring.dispatch_mu)
-        self._raw_flush_owner = me
+        cb_store_relaxed(&self.ring.py_owner, PyThread_get_thread_ident())
         try:
             flush = getattr(self.raw, "flush", None)
             if flush is not None:
@@ -258,7 +262,7 @@ cdef class WriterCore(BufferRing):
                 if fileno >= 0 and stat.S_ISREG(os.fstat(fileno).st_mode):
                     os.fsync(fileno)
         finally:
-            self._raw_flush_owner = None
+            cb_store_relaxed(&self.ring.py_owner, 0)
             cb_mutex_unlock(&self.ring.dispatch_mu)
         return 0
 

@@ -115,6 +115,7 @@ class ConcurrentBufferedWriter(io.RawIOBase):
         return self._core.buffer_count
 
     def fileno(self):
+        self._checkClosed()
         if self._core.fd >= 0:
             return self._core.fd
         return self._core.raw.fileno()
