@@ -34,7 +34,6 @@ import io
 import os
 import socket
 import stat
-import threading
 
 from cbuffer._ring import _check_geometry
 

@@ -10,7 +10,6 @@ and none twice.
 import io
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -20,11 +19,11 @@ from collections import deque
 from itertools import cycle
 
 import pytest
-from records import parse
 
 import cbuffer
 from cbuffer import ConcurrentBufferedWriter as CBW
 from cbuffer._testing import MIN_RECORD, make_record
+from records import parse
 
 DEADLINE = 30.0
 THREADS = 16
