@@ -29,10 +29,19 @@ from cbuffer._ring cimport (
     ring_reserve,
 )
 from cbuffer._state cimport (
+    CB_BUSY, CB_CLOSED, CB_FLUSHING, CB_NO_ROOM, CB_OFFSET_MAX, CB_OFFSET_SHIFT,
+    CB_SEALED, CB_SHUT, CB_WRITER_MAX, CB_WRITER_ONE, CB_WRITER_SHIFT,
     CB_OK, cb_atomic_init, cb_atomic_u64, cb_cpu_relax, cb_fetch_add_acq_rel,
     cb_load_acquire, cb_store_release, state_leave, state_seal,
     state_try_reserve,
 )
+
+# The state word's layout and reservation results, as compiled (tests check
+# them against CONTRACT.md's bit layout).
+SEALED, FLUSHING, SHUT = CB_SEALED, CB_FLUSHING, CB_SHUT
+WRITER_SHIFT, WRITER_ONE, WRITER_MAX = CB_WRITER_SHIFT, CB_WRITER_ONE, CB_WRITER_MAX
+OFFSET_SHIFT, OFFSET_MAX = CB_OFFSET_SHIFT, CB_OFFSET_MAX
+OK, CLOSED, NO_ROOM, BUSY = CB_OK, CB_CLOSED, CB_NO_ROOM, CB_BUSY
 
 RECORD_MAGIC = 0xCB0FF5E7
 cdef uint32_t MAGIC = 0xCB0FF5E7u
@@ -333,3 +342,8 @@ cdef class HeldBufferReservation:
         if self.held:
             region_leave(&self.buf.region)
             self.held = False
+
+
+def buffer_state(ConcurrentBuffer buf):
+    """The raw state word of a ConcurrentBuffer (acquire load)."""
+    return cb_load_acquire(&buf.region.state)
