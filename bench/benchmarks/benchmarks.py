@@ -1,0 +1,215 @@
+"""asv benchmarks: every performance dimension of the problem statement, for
+cbuffer and the baselines (io.BufferedWriter with its default buffer and with
+cbuffer's, a Lock + bytearray buffer, unbuffered os.write).  The measuring
+code is shared with ``python -m cbuffer.bench``."""
+import os
+import statistics
+import time
+
+import cbuffer
+from cbuffer import _testing
+from cbuffer.bench import Sink, allocation_case, disk_dir, make_writer, run, sink_alone, tmpfs_dir
+
+WRITERS = ["cbuffer", "io", "io-64k", "lock+bytearray", "os.write"]
+
+
+def sink_for(label):
+    if label == "devnull":
+        return Sink(label, os.devnull)
+    if label == "tmpfs":
+        return Sink(label, os.path.join(tmpfs_dir(), f"cbuffer-asv-{os.getpid()}"))
+    if label == "disk":
+        return Sink(label, os.path.join(disk_dir(), f"cbuffer-asv-{os.getpid()}"))
+    if label == "fsync":
+        return Sink(label, os.path.join(disk_dir(), f"cbuffer-asv-fsync-{os.getpid()}"))
+    return Sink(label, pipe_pause=(4 << 20, 0.02))
+
+
+class Throughput:
+    """Writes per second at 1, 4, 8 and 16 threads (append throughput)."""
+    params = (WRITERS, [1, 4, 8, 16], [64, 4096], ["devnull", "tmpfs", "disk"])
+    param_names = ["writer", "threads", "record", "sink"]
+    unit = "writes/s"
+    timeout = 600
+
+    def track_writes_per_second(self, writer, threads, size, sink_label):
+        sink = sink_for(sink_label)
+        fd = sink.open()
+        try:
+            return run(writer, fd, threads, size, duration=0.25)[0]
+        finally:
+            sink.close(fd)
+
+
+class Contention:
+    """Throughput at N threads / throughput at 1 thread (1.0: no collapse)."""
+    params = (["cbuffer", "io", "lock+bytearray"], [4, 8, 16], [64, 4096])
+    param_names = ["writer", "threads", "record"]
+    unit = "ratio"
+
+    def track_n_over_1(self, writer, threads, size):
+        rates = {}
+        for n in (1, threads, 1, threads, 1, threads):
+            fd = os.open(os.devnull, os.O_WRONLY)
+            rates.setdefault(n, []).append(run(writer, fd, n, size, duration=0.2)[0])
+            os.close(fd)
+        return statistics.median(rates[threads]) / statistics.median(rates[1])
+
+
+class WriteLatency:
+    """Time per write from one thread, 4 B and 4 KiB, to /dev/null."""
+    params = (WRITERS, [4, 4096])
+    param_names = ["writer", "record"]
+
+    def setup(self, writer, size):
+        self.fd = os.open(os.devnull, os.O_WRONLY)
+        self.writer = make_writer(writer, self.fd)
+        self.write = self.writer.write
+        self.payload = b"x" * size
+
+    def teardown(self, writer, size):
+        self.writer.close()
+        os.close(self.fd)
+
+    def time_write(self, writer, size):
+        self.write(self.payload)
+
+
+class SpikySinkLatency:
+    """p99 write latency (us) and throughput with 4 threads into a sink with
+    latency spikes: a disk file fsynced per flush, a pipe whose reader pauses."""
+    params = (["cbuffer", "io", "lock+bytearray"], ["fsync", "pausing-pipe"])
+    param_names = ["writer", "sink"]
+    timeout = 600
+
+    def _run(self, writer, sink_label):
+        sink = sink_for(sink_label)
+        fd = sink.open()
+        try:
+            writes = 20_000 if sink_label == "fsync" else 60_000
+            return run(writer, fd, 4, 4096, writes, latencies=True, fsync=sink_label == "fsync")
+        finally:
+            sink.close(fd)
+
+    def track_p99_us(self, writer, sink_label):
+        lat = self._run(writer, sink_label)[1]
+        return lat[int(0.99 * len(lat))] / 1e3
+
+    track_p99_us.unit = "us"
+
+    def track_share_of_sink_alone(self, writer, sink_label):
+        rate = self._run(writer, sink_label)[0]
+        sink = sink_for(sink_label)
+        fd = sink.open()
+        try:
+            writes = 20_000 if sink_label == "fsync" else 60_000
+            alone = sink_alone(fd, 4096, writes, sink_label == "fsync")
+        finally:
+            sink.close(fd)
+        return rate / alone
+
+    track_share_of_sink_alone.unit = "ratio"
+
+
+class FlushLatency:
+    """Milliseconds for flush() as a function of the bytes pending."""
+    params = (["cbuffer", "io-64k"], [4096, 65536, 1 << 20, 8 << 20])
+    param_names = ["writer", "pending"]
+    unit = "ms"
+
+    def track_flush_ms(self, writer, pending):
+        path = os.path.join(tmpfs_dir(), f"cbuffer-asv-flush-{os.getpid()}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        if writer == "cbuffer":
+            w = cbuffer.ConcurrentBufferedWriter(fd, buffer_size=16 << 20, buffer_count=2, closefd=False)
+        else:
+            import io
+
+            w = io.BufferedWriter(io.FileIO(fd, "wb", closefd=False), buffer_size=16 << 20)
+        chunk = b"x" * 4096
+        times = []
+        for _ in range(10):
+            for _ in range(pending // 4096):
+                w.write(chunk)
+            t0 = time.perf_counter()
+            w.flush()
+            times.append((time.perf_counter() - t0) * 1e3)
+        w.close()
+        os.close(fd)
+        os.unlink(path)
+        return statistics.median(times)
+
+
+class Allocation:
+    """Heap bytes allocated per write in steady state (tracemalloc)."""
+    unit = "bytes"
+
+    def track_bytes_per_write(self):
+        (peak1, peak2), _ = allocation_case(200_000)
+        return max(0, peak2 - peak1) / 200_000
+
+    def track_syscalls_per_flushed_buffer(self):
+        _, stats = allocation_case(200_000)
+        return stats["syscalls"] / max(1, stats["flushes"])
+
+    track_syscalls_per_flushed_buffer.unit = "syscalls"
+
+
+class Utilization:
+    """Useful bytes / buffer bytes dispatched."""
+    params = [[64, 1000, 4096, 5000]]
+    param_names = ["record"]
+    unit = "ratio"
+
+    def track_utilization(self, size):
+        fd = os.open(os.devnull, os.O_WRONLY)
+        w = cbuffer.ConcurrentBufferedWriter(fd, closefd=False)
+        payload = b"x" * size
+        for _ in range(20_000):
+            w.write(payload)
+        w.flush()
+        u = w.stats()["utilization"]
+        w.close()
+        os.close(fd)
+        return u
+
+
+class NogilAppend:
+    """C-level appends from 2 nogil threads, beside a bare atomic fetch_add
+    loop on one shared counter (the floor for any shared-word append)."""
+    unit = "ratio"
+
+    def track_appends_over_fetch_add(self):
+        n = 2_000_000
+        fd = os.open(os.devnull, os.O_WRONLY)
+        ring = cbuffer.BufferRing(4, cbuffer.DEFAULT_BUFFER_SIZE, fd)
+        secs = _testing.hammer_ring_plain(ring, 2, n // 2, b"x" * 64)
+        ring.close()
+        os.close(fd)
+        return (n / secs) / (n / _testing.bare_fetch_add(2, n // 2))
+
+    def track_appends_per_second(self):
+        n = 2_000_000
+        fd = os.open(os.devnull, os.O_WRONLY)
+        ring = cbuffer.BufferRing(4, cbuffer.DEFAULT_BUFFER_SIZE, fd)
+        secs = _testing.hammer_ring_plain(ring, 2, n // 2, b"x" * 64)
+        ring.close()
+        os.close(fd)
+        return n / secs
+
+    track_appends_per_second.unit = "appends/s"
+
+
+class BufferAppend:
+    """Layer 1: ConcurrentBuffer.append from one thread, 4 B and 4 KiB."""
+    params = [[4, 4096]]
+    param_names = ["record"]
+
+    def setup(self, size):
+        self.buf = cbuffer.ConcurrentBuffer(1 << 30)
+        self.append = self.buf.append
+        self.payload = b"x" * size
+
+    def time_append(self, size):
+        if self.append(self.payload) > (1 << 30) - 8192:
+            self.buf.flush()

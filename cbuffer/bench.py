@@ -1,0 +1,499 @@
+"""python -m cbuffer.bench: cbuffer beside what users would use instead.
+
+Throughput runs are time-boxed (each thread writes for the same wall time,
+then the writer is flushed), so slow and fast candidates cost the same.
+
+Every case runs each candidate writer in one process, interleaved (rep 1 of
+every candidate, then rep 2, ...), so a noisy machine disturbs them alike.
+Throughputs are medians over the repetitions, with their min-max spread.
+Each thread writes through its own bound ``write`` (on free-threaded builds a
+shared callable's reference count alone would serialise the threads).
+"""
+import argparse
+import io
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from array import array
+
+import cbuffer
+
+THREADS = (1, 4, 8, 16)
+
+
+# ------------------------------------------------------------------ writers
+
+class LockedBuffer:
+    """The hand-made alternative: a lock around a bytearray, written out
+    (under the lock) when it passes buffer_size."""
+
+    def __init__(self, fd, buffer_size=cbuffer.DEFAULT_BUFFER_SIZE, fsync=False):
+        self.fd, self.size, self.fsync = fd, buffer_size, fsync
+        self.buf = bytearray()
+        self.lock = threading.Lock()
+
+    def write(self, b):
+        with self.lock:
+            self.buf += b
+            if len(self.buf) >= self.size:
+                self._drain()
+        return len(b)
+
+    def _drain(self):
+        with memoryview(self.buf) as view:
+            done = 0
+            while done < len(view):
+                done += os.write(self.fd, view[done:])
+        self.buf.clear()
+        if self.fsync:
+            os.fsync(self.fd)
+
+    def flush(self):
+        with self.lock:
+            self._drain()
+
+    def close(self):
+        self.flush()
+
+
+class Unbuffered:
+    """One os.write per write."""
+
+    def __init__(self, fd, fsync=False):
+        self.fd, self.fsync = fd, fsync
+
+    def write(self, b):
+        n = os.write(self.fd, b)
+        if self.fsync:
+            os.fsync(self.fd)
+        return n
+
+    def flush(self):
+        pass
+
+    close = flush
+
+
+class FsyncFileIO(io.FileIO):
+    """A raw file that fsyncs every write: io.BufferedWriter with fsync per flush."""
+
+    def write(self, b):
+        n = super().write(b)
+        os.fsync(self.fileno())
+        return n
+
+
+def make_writer(name, fd, fsync=False):
+    if name == "cbuffer":
+        return cbuffer.ConcurrentBufferedWriter(fd, closefd=False, fsync=fsync)
+    raw = (FsyncFileIO if fsync else io.FileIO)(fd, "wb", closefd=False)
+    if name == "io":
+        return io.BufferedWriter(raw)
+    if name == "io-64k":
+        return io.BufferedWriter(raw, buffer_size=cbuffer.DEFAULT_BUFFER_SIZE)
+    if name == "lock+bytearray":
+        return LockedBuffer(fd, fsync=fsync)
+    if name == "os.write":
+        return Unbuffered(fd, fsync=fsync)
+    raise ValueError(f"unknown writer {name!r}")
+
+
+# ------------------------------------------------------------------ one run
+
+def run(name, fd, threads, size, writes=None, duration=None, latencies=False, fsync=False):
+    """Write records of ``size`` bytes from ``threads`` threads -- ``writes``
+    in all, or as many as fit in ``duration`` seconds -- then flush.  Returns
+    (writes per second, sorted latencies in ns or None).  The clock runs
+    from the start line until the flush has returned."""
+    writer = make_writer(name, fd, fsync)
+    payload = b"x" * (size - 1) + b"\n"
+    per_thread = writes // threads if writes else 0
+    start = threading.Barrier(threads + 1)
+    lat = [array("q", bytes(8 * per_thread)) if latencies else None for _ in range(threads)]
+    done = [0] * threads
+
+    def body(tid):
+        write = writer.write  # a bound method of this thread's own
+        start.wait()
+        if latencies:
+            out, clock = lat[tid], time.perf_counter_ns
+            for i in range(per_thread):
+                t0 = clock()
+                write(payload)
+                out[i] = clock() - t0
+            done[tid] = per_thread
+        elif duration:
+            clock, end, n = time.perf_counter, time.perf_counter() + duration, 0
+            while clock() < end:
+                for _ in range(256):
+                    write(payload)
+                n += 256
+            done[tid] = n
+        else:
+            for _ in range(per_thread):
+                write(payload)
+            done[tid] = per_thread
+
+    pool = [threading.Thread(target=body, args=(t,)) for t in range(threads)]
+    for t in pool:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in pool:
+        t.join()
+    writer.flush()
+    elapsed = time.perf_counter() - t0
+    writer.close()
+    merged = None
+    if latencies:
+        merged = sorted(x for a in lat for x in a)
+    return sum(done) / elapsed, merged
+
+
+def percentile(sorted_values, q):
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+# ------------------------------------------------------------------ sinks
+
+class Sink:
+    """Where the bytes go; ``open()`` gives a fresh fd per run."""
+
+    def __init__(self, label, path=None, pipe_pause=None):
+        self.label, self.path, self.pipe_pause = label, path, pipe_pause
+        self.reader = None
+
+    def open(self):
+        if self.pipe_pause is None:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC if self.path != os.devnull else os.O_WRONLY
+            return os.open(self.path, flags, 0o644)
+        # A reader that takes 1 MiB at a time and pauses after every 4 MiB:
+        # fast on average, but a writer that waits for it stalls.
+        every, pause = self.pipe_pause
+        code = ("import os, sys, time\n"
+                f"n = 0\nwhile True:\n    b = os.read(0, 1 << 20)\n    if not b: break\n"
+                f"    n += len(b)\n    if n >= {every}:\n        n = 0\n        time.sleep({pause})\n")
+        r, w = os.pipe()
+        self.reader = subprocess.Popen([sys.executable, "-c", code], stdin=r)
+        os.close(r)
+        return w
+
+    def close(self, fd):
+        os.close(fd)
+        if self.reader is not None:
+            self.reader.wait()
+            self.reader = None
+
+
+def tmpfs_dir():
+    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+
+
+def disk_dir():
+    return os.environ.get("CBUFFER_BENCH_DISK", tempfile.gettempdir())
+
+
+# ------------------------------------------------------------------ reporting
+
+class Progress:
+    def __init__(self, total, enabled=True):
+        self.total, self.done, self.enabled, self.t0 = total, 0, enabled, time.monotonic()
+
+    def step(self, label):
+        self.done += 1
+        if not self.enabled:
+            return
+        width = 30
+        filled = width * self.done // self.total
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+                         f"{time.monotonic() - self.t0:5.0f}s {label[:40]:<40}")
+        if self.done == self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def summary(values):
+    return statistics.median(values), min(values), max(values)
+
+
+def fmt_rate(v):
+    return f"{v / 1e6:7.2f}M"
+
+
+# ------------------------------------------------------------------ cases
+
+def throughput_cases(args, progress):
+    """64 B and 4 KiB records, 1..16 threads, /dev/null and tmpfs: writes/s."""
+    results = {}  # (sink, size, threads, writer) -> [writes/s per rep]
+    tmpfs = os.path.join(tmpfs_dir(), f"cbuffer-bench-{os.getpid()}")
+    sinks = [Sink("/dev/null", os.devnull), Sink("tmpfs", tmpfs)]
+    for sink in sinks:
+        for size in (64, 4096):
+            for threads in args.threads:
+                for rep in range(args.reps):
+                    order = args.writers[rep % len(args.writers):] + args.writers[:rep % len(args.writers)]
+                    for name in order:
+                        fd = sink.open()
+                        try:
+                            rate, _ = run(name, fd, threads, size, duration=args.duration)
+                        finally:
+                            sink.close(fd)
+                        results.setdefault((sink.label, size, threads, name), []).append(rate)
+                        progress.step(f"{sink.label} {size}B {threads}t {name}")
+    if os.path.exists(tmpfs):
+        os.unlink(tmpfs)
+    return results
+
+
+def spiky_cases(args, progress):
+    """Sinks with latency spikes, 4 threads, 4 KiB records: p99 write latency
+    and throughput beside what the sink alone takes."""
+    out = {}
+    disk = os.path.join(disk_dir(), f"cbuffer-bench-fsync-{os.getpid()}")
+    cases = [("fsync file", Sink("fsync file", disk), True, args.writes_fsync),
+             ("pausing pipe", Sink("pausing pipe", pipe_pause=(4 << 20, 0.02)), False, args.writes_pipe)]
+    size, threads = 4096, 4
+    for label, sink, fsync, writes in cases:
+        for _ in range(args.spiky_reps):
+            for name in ("cbuffer", "io", "alone"):
+                fd = sink.open()
+                try:
+                    if name == "alone":
+                        rate = sink_alone(fd, size, writes, fsync)
+                        lat = None
+                    else:
+                        rate, lat = run(name, fd, threads, size, writes, latencies=True, fsync=fsync)
+                finally:
+                    sink.close(fd)
+                entry = out.setdefault((label, name), {"rate": [], "p50": [], "p99": [], "max": []})
+                entry["rate"].append(rate)
+                if lat:
+                    entry["p50"].append(percentile(lat, 0.50))
+                    entry["p99"].append(percentile(lat, 0.99))
+                    entry["max"].append(lat[-1])
+                progress.step(f"{label} {name}")
+    if os.path.exists(disk):
+        os.unlink(disk)
+    return out
+
+
+def sink_alone(fd, size, writes, fsync):
+    """The same bytes in cbuffer-sized chunks straight to the sink."""
+    chunk = b"x" * cbuffer.DEFAULT_BUFFER_SIZE
+    total = size * writes
+    t0 = time.perf_counter()
+    left = total
+    while left > 0:
+        view = memoryview(chunk)[:min(left, len(chunk))]
+        left -= len(view)
+        while view:
+            view = view[os.write(fd, view):]
+        if fsync:
+            os.fsync(fd)
+    return writes / (time.perf_counter() - t0)
+
+
+def nogil_case(args, progress):
+    """C-level appends from 2 nogil threads beside a bare atomic fetch_add."""
+    from cbuffer import _testing
+
+    appends, adds = [], []
+    n = args.nogil_appends
+    for _ in range(args.reps):
+        fd = os.open(os.devnull, os.O_WRONLY)
+        ring = cbuffer.BufferRing(4, cbuffer.DEFAULT_BUFFER_SIZE, fd)
+        secs = _testing.hammer_ring_plain(ring, 2, n // 2, b"x" * 64)
+        ring.close()
+        os.close(fd)
+        appends.append(n / secs)
+        adds.append(n / _testing.bare_fetch_add(2, n // 2))
+        progress.step("nogil")
+    return appends, adds
+
+
+def allocation_case(writes=1_000_000):
+    """Peak traced memory over 1x and 2x writes of a ready-made record: if
+    writes allocated, the second would grow with the count."""
+    fd = os.open(os.devnull, os.O_WRONLY)
+    w = cbuffer.ConcurrentBufferedWriter(fd, closefd=False)
+    payload = b"x" * 64
+    write = w.write
+    for _ in range(10_000):
+        write(payload)
+    peaks = []
+    for count in (writes, 2 * writes):
+        tracemalloc.start()
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(count):
+            write(payload)
+        peaks.append(tracemalloc.get_traced_memory()[1] - base)
+        tracemalloc.stop()
+    w.flush()
+    stats = w.stats()
+    w.close()
+    os.close(fd)
+    return peaks, stats
+
+
+# ------------------------------------------------------------------ main
+
+def machine():
+    cpus = os.cpu_count()
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    return (f"{platform.python_implementation()} {platform.python_version()} "
+            f"({'GIL' if gil else 'free-threaded'}), {platform.system()} {platform.release()}, "
+            f"{cpus} CPUs {model}").strip()
+
+
+def report(args, tp, spiky, nogil, alloc):
+    lines = [f"machine: {machine()}",
+             f"cbuffer {cbuffer.__version__}, buffer_size {cbuffer.DEFAULT_BUFFER_SIZE}, "
+             f"io.DEFAULT_BUFFER_SIZE {io.DEFAULT_BUFFER_SIZE}; {args.reps} interleaved reps, "
+             f"median [min-max] writes/s", ""]
+    verdicts = []
+    others = [w for w in args.writers if w != "cbuffer"]
+    for sink in ("/dev/null", "tmpfs"):
+        for size in (64, 4096):
+            lines.append(f"{sink}, {size} B records")
+            head = f"{'threads':>7}  " + "  ".join(f"{w:>26}" for w in args.writers)
+            head += "".join(f"  {'cb/' + w:>18}" for w in others)
+            lines.append(head)
+            one = tp.get((sink, size, 1, "cbuffer"))
+            for threads in args.threads:
+                row = f"{threads:>7}  "
+                cells = []
+                for w in args.writers:
+                    med, lo, hi = summary(tp[(sink, size, threads, w)])
+                    cells.append(f"{fmt_rate(med)} [{fmt_rate(lo).strip()}-{fmt_rate(hi).strip()}]".rjust(26))
+                row += "  ".join(cells)
+                cb = statistics.median(tp[(sink, size, threads, "cbuffer")])
+                for w in others:
+                    row += f"  {cb / statistics.median(tp[(sink, size, threads, w)]):17.2f}x"
+                lines.append(row)
+                if one and threads > 1:
+                    worst = min(tp[(sink, size, threads, "cbuffer")]) / statistics.median(one)
+                    verdicts.append((f"{sink} {size}B {threads}t: cbuffer worst run / 1-thread median",
+                                     worst, 0.9, worst >= 0.9))
+                if threads == 16 and "io" in args.writers:
+                    ratio = cb / statistics.median(tp[(sink, size, 16, "io")])
+                    verdicts.append((f"{sink} {size}B 16t: cbuffer / io.BufferedWriter", ratio, 3.0,
+                                     ratio >= 3.0))
+            lines.append("")
+    if ("/dev/null", 64, 1, "io") in tp:
+        ratio = statistics.median(tp[("/dev/null", 64, 1, "io")]) / statistics.median(
+            tp[("/dev/null", 64, 1, "cbuffer")])
+        verdicts.insert(0, ("/dev/null 64B 1t: cbuffer time per write / io's", ratio, 1.0, ratio <= 1.0))
+    if spiky:
+        lines.append("sinks with latency spikes, 4 threads, 4096 B records (medians)")
+        lines.append(f"{'sink':>13} {'writer':>8} {'writes/s':>10} {'p50 us':>9} {'p99 us':>9} {'max ms':>9}")
+        for (label, name), e in spiky.items():
+            rate = statistics.median(e["rate"])
+            if e["p99"]:
+                p50, p99, top = (statistics.median(e[k]) for k in ("p50", "p99", "max"))
+                lines.append(f"{label:>13} {name:>8} {fmt_rate(rate):>10} {p50 / 1e3:9.1f} "
+                             f"{p99 / 1e3:9.1f} {top / 1e6:9.1f}")
+            else:
+                lines.append(f"{label:>13} {'alone':>8} {fmt_rate(rate):>10}")
+        for label in ("fsync file", "pausing pipe"):
+            cb, iob, alone = (spiky[(label, n)] for n in ("cbuffer", "io", "alone"))
+            p99 = statistics.median(cb["p99"]) / statistics.median(iob["p99"])
+            verdicts.append((f"{label} 4t: cbuffer p99 / io p99", p99, 0.1, p99 <= 0.1))
+            share = statistics.median(cb["rate"]) / statistics.median(alone["rate"])
+            verdicts.append((f"{label} 4t: cbuffer throughput / sink alone", share, 0.95, share >= 0.95))
+        lines.append("")
+    if nogil:
+        appends, adds = nogil
+        ratio = statistics.median(appends) / statistics.median(adds)
+        lines.append(f"nogil, 2 threads: ring appends {fmt_rate(statistics.median(appends))}/s, "
+                     f"bare fetch_add {fmt_rate(statistics.median(adds))}/s")
+        verdicts.append(("nogil 2t: C-level appends / bare fetch_add", ratio, 0.4, ratio >= 0.4))
+    if alloc:
+        (peak1, peak2), stats = alloc
+        lines.append(f"allocation: peak traced memory over 1M writes {peak1} B, over 2M writes {peak2} B; "
+                     f"syscalls {stats['syscalls']} for {stats['flushes']} flushed buffers, "
+                     f"utilization {stats['utilization']:.4f}")
+        verdicts.append(("allocation: bytes per write (2M-write peak / 2M)", peak2 / 2e6, 0.0,
+                         peak2 <= peak1 + 1024))
+        verdicts.append(("syscalls per flushed buffer", stats["syscalls"] / max(1, stats["flushes"]), 1.0,
+                         stats["syscalls"] <= stats["flushes"]))
+    lines.append("")
+    lines.append("targets")
+    for what, value, target, ok in verdicts:
+        lines.append(f"  {'PASS' if ok else 'MISS'}  {what}: {value:.3g} (target {target:g})")
+    return "\n".join(lines)
+
+
+def plot(tp, args, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, size in zip(axes, (64, 4096)):
+        for w in args.writers:
+            meds = [statistics.median(tp[("/dev/null", size, t, w)]) / 1e6 for t in args.threads]
+            los = [m - min(tp[("/dev/null", size, t, w)]) / 1e6 for m, t in zip(meds, args.threads)]
+            his = [max(tp[("/dev/null", size, t, w)]) / 1e6 - m for m, t in zip(meds, args.threads)]
+            ax.errorbar(args.threads, meds, yerr=[los, his], marker="o", capsize=3, label=w)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(args.threads, [str(t) for t in args.threads])
+        ax.set_xlabel("writer threads")
+        ax.set_ylabel("million writes / s")
+        ax.set_title(f"{size} B records to /dev/null")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(machine(), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m cbuffer.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--reps", type=int, default=10, help="interleaved repetitions (default 10)")
+    p.add_argument("--quick", action="store_true", help="a short smoke run")
+    p.add_argument("--plot", metavar="PNG", help="save throughput vs threads here (needs matplotlib)")
+    p.add_argument("--writers", default="cbuffer,io,io-64k,lock+bytearray",
+                   help="comma-separated: cbuffer, io, io-64k, lock+bytearray, os.write")
+    p.add_argument("--no-spiky", action="store_true", help="skip the fsync-file and pausing-pipe cases")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    args.writers = args.writers.split(",")
+    args.threads = THREADS
+    scale = 10 if args.quick else 1
+    if args.quick:
+        args.reps = min(args.reps, 3)
+    args.duration = 0.05 if args.quick else 0.25
+    args.writes_fsync = 40_000 // scale
+    args.writes_pipe = 100_000 // scale
+    args.nogil_appends = 4_000_000 // scale
+    args.spiky_reps = max(3, args.reps // 2)
+    total = 2 * 2 * len(args.threads) * args.reps * len(args.writers) + args.reps
+    if not args.no_spiky:
+        total += 2 * 3 * args.spiky_reps
+    progress = Progress(total, not args.no_progress)
+    tp = throughput_cases(args, progress)
+    spiky = None if args.no_spiky else spiky_cases(args, progress)
+    nogil = nogil_case(args, progress)
+    alloc = allocation_case(100_000 if args.quick else 1_000_000)
+    print(report(args, tp, spiky, nogil, alloc))
+    if args.plot:
+        plot(tp, args, args.plot)
+        print(f"plot saved to {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
