@@ -127,5 +127,6 @@ static inline int cb_mutex_init(cb_mutex *m) { return pthread_mutex_init(m, NULL
 static inline void cb_mutex_destroy(cb_mutex *m) { pthread_mutex_destroy(m); }
 static inline void cb_mutex_lock(cb_mutex *m) { pthread_mutex_lock(m); }
 static inline void cb_mutex_unlock(cb_mutex *m) { pthread_mutex_unlock(m); }
+static inline int cb_mutex_trylock(cb_mutex *m) { return pthread_mutex_trylock(m) == 0; }
 
 #endif /* CBUFFER_EVENT_H */

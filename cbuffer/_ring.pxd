@@ -102,6 +102,9 @@ cdef int ring_detach_tail(cb_ring *r, uint64_t gen) noexcept nogil
 # Make sure no slot opens again and the open one is sealed (close()).
 cdef void ring_shut(cb_ring *r) noexcept nogil
 
+# Take dispatch_mu, waiting at most max_wait (< 0: as long as it takes).
+cdef bint ring_lock_dispatch(cb_ring *r, double max_wait) noexcept nogil
+
 # Hand every sealed buffer below `target` to the sink, on the calling thread.
 cdef int ring_dispatch_until(cb_ring *r, uint64_t target, double max_wait) noexcept nogil
 

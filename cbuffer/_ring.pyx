@@ -51,6 +51,7 @@ import atexit
 import os
 import sys
 import threading
+import time
 import weakref
 from collections import namedtuple
 
@@ -75,7 +76,7 @@ from cbuffer._state cimport (
     cb_event_notify, cb_event_reinit, cb_event_wait, cb_fetch_add_relaxed,
     cb_fetch_or_acq_rel, cb_fetch_sub_release, cb_load_acquire,
     cb_load_relaxed, cb_load_seq_cst, cb_monotonic, cb_mutex_destroy,
-    cb_mutex_init, cb_mutex_lock, cb_mutex_unlock, cb_store_relaxed,
+    cb_mutex_init, cb_mutex_lock, cb_mutex_trylock, cb_mutex_unlock, cb_store_relaxed,
     cb_store_release, cb_store_seq_cst, state_last_out, state_leave,
     state_offset, state_seal, state_try_reserve, state_writers,
 )
@@ -118,6 +119,8 @@ cdef double GIL_HELD_WAIT = 0.002
 # After dispatching, the flusher polls this long for the next sealed buffer
 # before it sleeps: a wake-up costs more than a buffer takes to fill.
 cdef double FLUSHER_POLL = 0.00005
+# How long a close() run by a finalizer during interpreter exit waits.
+EXIT_WAIT = 2.0
 
 BufferState = namedtuple("BufferState", "index offset writers sealed flushing")
 BufferState.__doc__ = "A snapshot of the buffer currently accepting writes."
@@ -556,14 +559,31 @@ cdef uint64_t ring_dispatch_ready(cb_ring *r) noexcept nogil:
     return total
 
 
+cdef bint ring_lock_dispatch(cb_ring *r, double max_wait) noexcept nogil:
+    cdef double deadline
+    if max_wait < 0:
+        cb_mutex_lock(&r.dispatch_mu)
+        return True
+    deadline = cb_monotonic() + max_wait
+    while not cb_mutex_trylock(&r.dispatch_mu):
+        if cb_monotonic() >= deadline:
+            return False
+        usleep(200)
+    return True
+
+
 cdef int ring_dispatch_until(cb_ring *r, uint64_t target, double max_wait) noexcept nogil:
     cdef unsigned key
     cdef double deadline = -1.0, now
+    cdef bint dispatched
     while True:
         key = cb_event_key(&r.work_ev)
-        cb_mutex_lock(&r.dispatch_mu)
-        ring_dispatch_ready(r)
-        cb_mutex_unlock(&r.dispatch_mu)
+        # Never block on the mutex: its holder may be a daemon thread that the
+        # interpreter stopped at exit.  Whoever holds it is dispatching anyway.
+        dispatched = cb_mutex_trylock(&r.dispatch_mu)
+        if dispatched:
+            ring_dispatch_ready(r)
+            cb_mutex_unlock(&r.dispatch_mu)
         if cb_load_acquire(&r.error):
             return RING_ERROR
         if cb_load_acquire(&r.flushed) >= target:
@@ -574,9 +594,9 @@ cdef int ring_dispatch_until(cb_ring *r, uint64_t target, double max_wait) noexc
                 deadline = now + max_wait
             if now >= deadline:
                 return RING_WOULD_BLOCK
-            cb_event_wait(&r.work_ev, key, deadline - now)
+            cb_event_wait(&r.work_ev, key, deadline - now if dispatched else min(deadline - now, 0.001))
         else:
-            cb_event_wait(&r.work_ev, key, 1.0)
+            cb_event_wait(&r.work_ev, key, 1.0 if dispatched else 0.001)
 
 
 cdef int ring_wait_flushed(cb_ring *r, uint64_t target, double max_wait) noexcept nogil:
@@ -1075,6 +1095,9 @@ cdef class BufferRing:
             ring_shut(r)
         if self._flusher is None:
             cb_store_release(&r.inline, 1)  # never started: nothing to wait for
+        # Closed by a finalizer at exit: daemon threads may have been stopped
+        # holding buffers or the dispatch mutex, so wait a bounded time.
+        give_up = time.monotonic() + EXIT_WAIT if sys.is_finalizing() else None
         try:
             while True:
                 cb_event_notify(&r.work_ev)
@@ -1084,6 +1107,8 @@ cdef class BufferRing:
                     break
                 if st == RING_ERROR:
                     self._raise_error()
+                if give_up is not None and time.monotonic() > give_up:
+                    break
                 PyErr_CheckSignals()
         finally:
             cb_store_release(&r.stop, 1)

@@ -68,6 +68,7 @@ cdef extern from "_event.h" nogil:
     void cb_mutex_destroy(cb_mutex *m)
     void cb_mutex_lock(cb_mutex *m)
     void cb_mutex_unlock(cb_mutex *m)
+    bint cb_mutex_trylock(cb_mutex *m)
 
 
 cdef extern from "_state.h" nogil:

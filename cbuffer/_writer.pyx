@@ -21,9 +21,9 @@ from libc.string cimport memchr
 
 from cbuffer._ring cimport (
     SIGNAL_CHECK, BufferRing, RING_ERROR, RING_OK, RING_WOULD_BLOCK, cb_ring,
-    ring_detach_tail, ring_direct, ring_await, ring_owned_by_me,
+    ring_detach_tail, ring_direct, ring_await, ring_lock_dispatch, ring_owned_by_me,
 )
-from cbuffer._state cimport cb_mutex_lock, cb_mutex_unlock, cb_store_relaxed
+from cbuffer._state cimport cb_mutex_unlock, cb_store_relaxed
 
 
 cdef extern from "Python.h":
@@ -34,8 +34,9 @@ import io
 import os
 import socket
 import stat
+import sys
 
-from cbuffer._ring import _check_geometry
+from cbuffer._ring import EXIT_WAIT, _check_geometry
 
 
 cdef object _closed_error():
@@ -246,8 +247,12 @@ cdef class WriterCore(BufferRing):
             return 0
         if ring_owned_by_me(self.ring):
             return 0  # a signal handler that interrupted this thread's dispatch
+        cdef double max_wait = EXIT_WAIT if sys.is_finalizing() else -1.0
+        cdef bint locked
         with nogil:
-            cb_mutex_lock(&self.ring.dispatch_mu)
+            locked = ring_lock_dispatch(self.ring, max_wait)
+        if not locked:
+            return 0  # at exit, held by a daemon thread the interpreter stopped
         cb_store_relaxed(&self.ring.py_owner, PyThread_get_thread_ident())
         try:
             flush = getattr(self.raw, "flush", None)
