@@ -89,7 +89,23 @@ class FsyncFileIO(io.FileIO):
         return n
 
 
+class NoOp:
+    """The interpreter's floor: the same loop calling a builtin that does
+    nothing with the record.  Its spread from 1 to N threads is what GIL
+    hand-offs and the machine cost any writer, before it writes a byte."""
+
+    def __init__(self):
+        self.write = len
+
+    def flush(self):
+        pass
+
+    close = flush
+
+
 def make_writer(name, fd, fsync=False):
+    if name == "no-op":
+        return NoOp()
     if name == "cbuffer":
         return cbuffer.ConcurrentBufferedWriter(fd, closefd=False, fsync=fsync)
     if name == "cbuffer-32":  # a 2 MiB ring: room for a 20 ms stall at ~100 MB/s
@@ -378,7 +394,7 @@ def report(args, tp, spiky, nogil, alloc):
              f"io.DEFAULT_BUFFER_SIZE {io.DEFAULT_BUFFER_SIZE}; {args.reps} interleaved reps, "
              f"median [min-max] writes/s", ""]
     verdicts = []
-    others = [w for w in args.writers if w != "cbuffer"]
+    others = [w for w in args.writers if w not in ("cbuffer", "no-op")]
     for sink in ("/dev/null", "tmpfs"):
         for size in (64, 4096):
             lines.append(f"{sink}, {size} B records")
@@ -399,8 +415,12 @@ def report(args, tp, spiky, nogil, alloc):
                 lines.append(row)
                 if one and threads > 1:
                     worst = min(tp[(sink, size, threads, "cbuffer")]) / statistics.median(one)
-                    verdicts.append((f"{sink} {size}B {threads}t: cbuffer worst run / 1-thread median",
-                                     worst, 0.9, worst >= 0.9))
+                    what = f"{sink} {size}B {threads}t: cbuffer worst run / 1-thread median"
+                    floor = tp.get((sink, size, 1, "no-op"))
+                    if floor:
+                        floor = min(tp[(sink, size, threads, "no-op")]) / statistics.median(floor)
+                        what += f" (no-op loop: {floor:.3g})"
+                    verdicts.append((what, worst, 0.9, worst >= 0.9))
                 if threads == 16 and "io" in args.writers:
                     ratio = cb / statistics.median(tp[(sink, size, 16, "io")])
                     verdicts.append((f"{sink} {size}B 16t: cbuffer / io.BufferedWriter", ratio, 3.0,
@@ -463,7 +483,7 @@ def plot(tp, args, path):
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, size in zip(axes, (64, 4096)):
-        for w in args.writers:
+        for w in (w for w in args.writers if w != "no-op"):
             meds = [statistics.median(tp[("/dev/null", size, t, w)]) / 1e6 for t in args.threads]
             los = [m - min(tp[("/dev/null", size, t, w)]) / 1e6 for m, t in zip(meds, args.threads)]
             his = [max(tp[("/dev/null", size, t, w)]) / 1e6 - m for m, t in zip(meds, args.threads)]
@@ -485,8 +505,9 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=10, help="interleaved repetitions (default 10)")
     p.add_argument("--quick", action="store_true", help="a short smoke run")
     p.add_argument("--plot", metavar="PNG", help="save throughput vs threads here (needs matplotlib)")
-    p.add_argument("--writers", default="cbuffer,io,io-64k,lock+bytearray",
-                   help="comma-separated: cbuffer, io, io-64k, lock+bytearray, os.write")
+    p.add_argument("--writers", default="cbuffer,io,io-64k,lock+bytearray,no-op",
+                   help="comma-separated: cbuffer, io, io-64k, lock+bytearray, os.write, "
+                        "no-op (the interpreter's floor: the loop alone)")
     p.add_argument("--no-spiky", action="store_true", help="skip the fsync-file and pausing-pipe cases")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
