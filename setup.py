@@ -17,7 +17,7 @@ extensions = [
 setup(
     ext_modules=cythonize(
         extensions,
-        compiler_directives={"language_level": 3, "embedsignature": True},
+        compiler_directives={"language_level": 3, "embedsignature": True, "binding": False},
         annotate=False,
     ),
 )

@@ -124,6 +124,16 @@ def make_writer(name, fd, fsync=False):
 
 # ------------------------------------------------------------------ one run
 
+def own_write(writer):
+    """A bound ``write`` of the calling thread's own.  ConcurrentBufferedWriter
+    keeps one bound method of its compiled core as an instance attribute (the
+    fast path under the GIL), shared by every thread that reads it; binding
+    the core's method afresh gives this thread an object of its own."""
+    write = writer.write
+    owner = getattr(write, "__self__", writer)
+    return write if owner is writer else getattr(owner, write.__name__)
+
+
 def run(name, fd, threads, size, writes=None, duration=None, latencies=False, fsync=False, pace=None):
     """Write records of ``size`` bytes from ``threads`` threads -- ``writes``
     in all, or as many as fit in ``duration`` seconds -- then flush.  Returns
@@ -139,7 +149,8 @@ def run(name, fd, threads, size, writes=None, duration=None, latencies=False, fs
     done = [0] * threads
 
     def body(tid):
-        write = writer.write  # a bound method of this thread's own
+        write = own_write(writer)
+        record = bytes(bytearray(payload))  # this thread's own object too
         start.wait()
         if latencies:
             out, clock = lat[tid], time.perf_counter_ns
@@ -150,19 +161,19 @@ def run(name, fd, threads, size, writes=None, duration=None, latencies=False, fs
                     if delay > 0:
                         time.sleep(delay)
                 t0 = clock()
-                write(payload)
+                write(record)
                 out[i] = clock() - t0
             done[tid] = per_thread
         elif duration:
             clock, end, n = time.perf_counter, time.perf_counter() + duration, 0
             while clock() < end:
                 for _ in range(256):
-                    write(payload)
+                    write(record)
                 n += 256
             done[tid] = n
         else:
             for _ in range(per_thread):
-                write(payload)
+                write(record)
             done[tid] = per_thread
 
     pool = [threading.Thread(target=body, args=(t,)) for t in range(threads)]
