@@ -129,9 +129,9 @@ def own_write(writer):
     keeps one bound method of its compiled core as an instance attribute (the
     fast path under the GIL), shared by every thread that reads it; binding
     the core's method afresh gives this thread an object of its own."""
-    write = writer.write
-    owner = getattr(write, "__self__", writer)
-    return write if owner is writer else getattr(owner, write.__name__)
+    if isinstance(writer, cbuffer.ConcurrentBufferedWriter):
+        return writer.write.__self__.write
+    return writer.write
 
 
 def run(name, fd, threads, size, writes=None, duration=None, latencies=False, fsync=False, pace=None):
@@ -427,9 +427,9 @@ def report(args, tp, spiky, nogil, alloc):
                 if one and threads > 1:
                     worst = min(tp[(sink, size, threads, "cbuffer")]) / statistics.median(one)
                     what = f"{sink} {size}B {threads}t: cbuffer worst run / 1-thread median"
-                    floor = tp.get((sink, size, 1, "no-op"))
-                    if floor:
-                        floor = min(tp[(sink, size, threads, "no-op")]) / statistics.median(floor)
+                    noop_one = tp.get((sink, size, 1, "no-op"))
+                    if noop_one:
+                        floor = min(tp[(sink, size, threads, "no-op")]) / statistics.median(noop_one)
                         what += f" (no-op loop: {floor:.3g})"
                     verdicts.append((what, worst, 0.9, worst >= 0.9))
                 if threads == 16 and "io" in args.writers:
