@@ -33,3 +33,4 @@ cdef int region_append(cb_region *r, const char *src, uint64_t n,
 
 cdef class ConcurrentBuffer:
     cdef cb_region region   # the shared region; its data is freed on dealloc
+    cdef object __weakref__

@@ -9,6 +9,9 @@ it (without the GIL) and then go on from offset 0: a flush never contains
 bytes of an append that started after it sealed the region, and never copies a
 half-written record.
 """
+import os
+import weakref
+
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.buffer cimport PyBUF_SIMPLE, PyObject_GetBuffer, PyBuffer_Release
 from libc.stdint cimport uint64_t
@@ -86,6 +89,26 @@ cdef uint64_t region_seal_for_flush(cb_region *r) noexcept nogil:
     return state_offset(s)
 
 
+# Every live buffer, for fork(): see _after_fork_in_child.
+_buffers = weakref.WeakSet()
+
+
+def _after_fork_in_child():
+    """A forked child has one thread: an append or flush that another
+    thread of the parent was in the middle of will never finish here.  A
+    buffer caught that way starts empty (its half-copied bytes are not the
+    child's); a quiet one keeps its bytes, like any other memory."""
+    cdef ConcurrentBuffer buf
+    for obj in list(_buffers):
+        buf = <ConcurrentBuffer>obj
+        s = cb_load_relaxed(&buf.region.state)
+        if state_writers(s) or s & (CB_SEALED | CB_FLUSHING):
+            cb_store_release(&buf.region.state, 0)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 cdef class ConcurrentBuffer:
     """ConcurrentBuffer(capacity)
 
@@ -116,6 +139,7 @@ cdef class ConcurrentBuffer:
         self.region.capacity = capacity
         cb_atomic_init(&self.region.state, 0)
         cb_atomic_init(&self.region.retries, 0)
+        _buffers.add(self)
 
     def __dealloc__(self):
         free(self.region.data)

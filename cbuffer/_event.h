@@ -102,6 +102,10 @@ static inline int cb_event_wait(cb_event *e, uint32_t key, double timeout) {
     return woken;
 }
 
+static inline int cb_event_waiting(cb_event *e) {
+    return atomic_load_explicit(&e->waiters, memory_order_seq_cst) > 0;
+}
+
 /* Bounded spinning before a real wait: a few pauses, then a few yields.
  * Returns 0 while the caller should keep spinning, 1 once it should sleep. */
 static inline int cb_backoff(unsigned *round) {
@@ -119,6 +123,15 @@ static inline int cb_backoff(unsigned *round) {
         return 0;
     }
     return 1;
+}
+
+/* For loops with no event to sleep on: spin, then yield, then sleep for
+ * growing intervals (50 us .. 1 ms), so a long wait never burns a CPU. */
+static inline void cb_backoff_wait(unsigned *round) {
+    if (!cb_backoff(round)) return;
+    unsigned r = *round - 48;
+    struct timespec ts = {0, (long)(r < 20 ? 50000L * (r + 1) : 1000000L)};
+    nanosleep(&ts, NULL);
 }
 
 /* A plain mutex for cold paths (dispatch order, the sticky exception). */

@@ -18,36 +18,52 @@ A slot's life::
       --writers == 0, dispatch--> flushing (SEALED|FLUSHING) --> closed
 
 * Open.  The slot of ``current`` is opened once the generation it held before
-  (``current - count``) has reached the sink.  Anybody may open it (the
-  sealer, the dispatcher that freed it, a waiting writer); a CAS of
+  (``current - count``) has reached the sink.  Anybody may open it; a CAS of
   ``slot.gen`` from ``current - count`` to ``current`` picks exactly one.  The
   opener writes ``slot.base`` and then releases the state word to 0, so a
   writer's acquiring CAS sees the base of the generation it reserved in.
 * At most one slot is open, and it is the slot of ``current``: ``current``
   moves only when its own slot is sealed.
 * Seal.  Whoever sets the sealed bit (fetch_or) is the one sealer of that
-  generation: a writer that does not fit, ``flush()``/``rotate()``, the
-  flusher's interval tick, a large write (which hangs itself on as the tail),
-  or ``close()``.  The sealer fixes ``length``, publishes where the next
+  generation.  Between a check of ``slot.gen`` and the seal the slot may have
+  moved on to a later generation (ABA), so the sealer reads the generation it
+  actually sealed *after* the fetch_or: nothing reopens the slot before the
+  sealer publishes.  The sealer fixes ``length``, publishes where the next
   generation starts (``open_base``) and then ``current = g + 1`` (release).
-* Dispatch.  Generation ``g`` may be handed to the sink only when
-  ``g < current`` (sealed and published) and its writer count is 0 (acquire).
-  Dispatch happens under ``dispatch_mu``, oldest first, so the sink sees
-  buffers in seal order, one thread at a time.  The last writer out of a sealed
-  buffer wakes the dispatcher.  After the sink took the bytes the slot is
-  closed and then ``flushed`` released to ``g + 1``.
+* Dispatch.  Generation ``g`` may be handed to the sink only when ``g <
+  current`` (sealed and published) and its writer count is 0 (acquire).
+  Dispatch happens under ``dispatch_mu``, oldest first, so the sink sees the
+  stream in order, one thread at a time.  ``slot.done`` counts what the sink
+  took, so a short write, a signal or an error resumes exactly there.
+* Who dispatches.  A background flusher thread handles full buffers and the
+  ``flush_interval`` tick.  ``flush()`` runs the dispatch on the caller's
+  thread (``ring_flush_to``): with nobody dispatching it takes the mutex and
+  writes itself; otherwise it waits for the dispatch under way, which takes
+  everything ready (group commit).  It may also write the finished prefix of
+  the *open* buffer without sealing it (``partial``): when the open buffer's
+  writer count is 0, every byte below its offset is copied.
+* Large writes.  A write larger than a buffer seals the open buffer with the
+  caller's bytes hung on as its ``tail`` and ``owner`` set to the caller's
+  thread, which dispatches it itself; no other thread dispatches an owned
+  tail (it stops before it), so a caller leaving early (a signal, an error)
+  can copy its tail and clear ``owner`` without any lock.  A nested call on
+  the owner's own thread (a signal handler) may dispatch it: that frame keeps
+  the bytes alive.
 * Ring full.  A writer that finds no open slot spins briefly, then sleeps on
   ``space_ev`` with the GIL released; it never takes space it cannot fill.
-* Errors.  A failed sink write sets the sticky ``error``; nothing is retried
-  until it is cleared; partly written buffers keep their ``done`` count, so a
-  retry resumes where the sink stopped and nothing is written twice.
+* Errors.  A failed sink write sets the sticky ``error`` (with ``exc`` for a
+  Python exception, both under ``exc_mu``); nothing is dispatched until it is
+  cleared.
 * Closing.  ``close()`` sets ``closing`` (seq_cst) and then makes sure the
   slot of ``current`` is sealed or marked SHUT.  An opener claims the slot
   (seq_cst CAS on ``gen``) *before* it reads ``closing`` (seq_cst), so either
   it sees ``closing`` and backs off, or ``close()`` sees the claim and either
   seals the opened slot or shuts it before the opener's CAS to 0 can succeed.
+* Waits.  Every wait has a time limit; the Python layer calls again after
+  running signal handlers, at least every ``SIGNAL_CHECK`` seconds.
 """
 import atexit
+import copy
 import os
 import sys
 import threading
@@ -57,24 +73,25 @@ from collections import namedtuple
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.exc cimport PyErr_CheckSignals
-from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_INCREF, Py_XDECREF
-from libc.errno cimport EAGAIN, EINTR, errno
+from cpython.ref cimport Py_XDECREF
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
 from posix.stdlib cimport posix_memalign
-from posix.uio cimport iovec, writev
-from posix.unistd cimport fsync as c_fsync
+from posix.uio cimport iovec
 
 from cbuffer._buffer import BufferFull
+from cbuffer._sink cimport (
+    SINK_AGAIN, SINK_ERROR, SINK_INTR, SINK_OK, sink_clear, sink_init_fd,
+    sink_init_python, sink_owned_by_me, sink_wait_writable,
+)
 from cbuffer._state cimport (
     CB_BUSY, CB_FLUSHING, CB_NO_ROOM, CB_OFFSET_MAX, CB_OK, CB_SEALED,
-    CB_SHUT, cb_atomic_init, cb_backoff, cb_cas_seq_cst, cb_cas_strong_acq_rel,
-    cb_cpu_relax, cb_event_destroy, cb_event_init, cb_event_key,
-    cb_event_notify, cb_event_reinit, cb_event_wait, cb_fetch_add_relaxed,
-    cb_fetch_or_acq_rel, cb_fetch_sub_release, cb_load_acquire,
+    CB_SHUT, cb_atomic_init, cb_backoff, cb_backoff_wait, cb_cas_seq_cst,
+    cb_cas_strong_acq_rel, cb_cpu_relax, cb_event_destroy, cb_event_init,
+    cb_event_key, cb_event_notify, cb_event_reinit, cb_event_wait, cb_event_waiting,
+    cb_fetch_add_relaxed, cb_fetch_or_acq_rel, cb_fetch_sub_release, cb_load_acquire,
     cb_load_relaxed, cb_load_seq_cst, cb_monotonic, cb_mutex_destroy,
     cb_mutex_init, cb_mutex_lock, cb_mutex_trylock, cb_mutex_unlock, cb_store_relaxed,
     cb_store_release, cb_store_seq_cst, state_last_out, state_leave,
@@ -82,47 +99,37 @@ from cbuffer._state cimport (
 )
 
 cdef extern from "Python.h":
-    int PyBUF_READ
     unsigned long PyThread_get_thread_ident() nogil
 
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int poll(pollfd *fds, unsigned long nfds, int timeout)
-    short POLLOUT
-
-cdef extern from "<unistd.h>" nogil:
-    int usleep(unsigned usec)
-
-cdef extern from "<errno.h>" nogil:
-    int EWOULDBLOCK
+cdef extern from "<signal.h>" nogil:
+    ctypedef struct sigset_t:
+        pass
+    int sigfillset(sigset_t *s)
+    int sigdelset(sigset_t *s, int signo)
+    int pthread_sigmask(int how, const sigset_t *s, sigset_t *old)
+    int SIG_BLOCK, SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT
 
 # error word value meaning "the Python sink raised; see ring.exc".
 cdef uint64_t CB_PY_ERROR = (<uint64_t>1) << 40
 # A closed slot: sealed so nobody reserves, FLUSHING so close() can tell it
 # from a slot whose sealer is still publishing.
 cdef uint64_t CB_CLOSED_SLOT = CB_SEALED | CB_FLUSHING
-# Generations written by one writev.
 cdef enum:
-    MAX_BATCH = 64
+    MAX_BATCH = 64    # generations (and one open prefix) per sink call
+    GROUP_ROUNDS = 4  # extra batches a caller-dispatcher writes for waiters
 # Copies at least this large are done with the GIL released.
 cdef Py_ssize_t NOGIL_COPY = 64 * 1024
-# How long a GIL-released wait lasts before the caller checks for signals.
+# How long a GIL-released wait lasts before the caller runs signal handlers.
 cdef double SIGNAL_CHECK = 0.05
 # With an fd sink (a flusher that never needs the GIL) a writer that finds the
 # ring full first waits this long *holding* the GIL: under the GIL the other
 # writers could only hit the same full ring, and handing the GIL round a crowd
 # of woken writers is what makes a lock convoy.  Longer waits release it.
 cdef double GIL_HELD_WAIT = 0.002
-# After dispatching, the flusher polls this long for the next sealed buffer
-# before it sleeps: a wake-up costs more than a buffer takes to fill.  It polls
-# with pause, not sched_yield(): yielding let GIL hand-offs through ~5% faster
-# on 2 CPUs but starved the flusher behind truly parallel writers (nogil or
-# free-threaded), whose appends then fell to a sixth.
-cdef double FLUSHER_POLL = 0.00005
-# How long a close() run by a finalizer during interpreter exit waits.
+# How long the flusher waits for a non-blocking sink before it looks at its
+# stop/park flags again.
+cdef double FLUSHER_SLICE = 0.1
+# How long exit and fork wait for a sink before giving up on it.
 EXIT_WAIT = 2.0
 
 BufferState = namedtuple("BufferState", "index offset writers sealed flushing")
@@ -133,6 +140,10 @@ BufferState.__doc__ = "A snapshot of the buffer currently accepting writes."
 
 cdef inline cb_slot *slot_of(cb_ring *r, uint64_t gen) noexcept nogil:
     return &r.slots[gen % r.count]
+
+
+cdef inline uint64_t my_ident() noexcept nogil:
+    return <uint64_t>PyThread_get_thread_ident()
 
 
 cdef bint ring_try_open(cb_ring *r) noexcept nogil:
@@ -150,25 +161,15 @@ cdef bint ring_try_open(cb_ring *r) noexcept nogil:
         return False
     if cb_load_seq_cst(&r.closing):
         return False
-    slot.base = r.open_base
+    slot.base = cb_load_relaxed(&r.open_base)
     slot.length = 0
     slot.tail = NULL
     slot.tail_len = 0
     slot.done = 0
+    cb_store_relaxed(&slot.owner, 0)
     if not cb_cas_strong_acq_rel(&slot.state, &closed, 0):
         return False  # close() shut it first
     cb_event_notify(&r.space_ev)
-    return True
-
-
-cdef bint ring_seal(cb_ring *r, cb_slot *slot, const char *tail,
-                    uint64_t tail_len) noexcept nogil:
-    """Seal ``slot``; if this call is the sealer, attach ``tail`` and publish
-    the next generation.  Returns True for the sealer."""
-    cdef uint64_t prev = state_seal(&slot.state)
-    if prev & CB_SEALED:
-        return False
-    ring_publish(r, slot, prev, tail, tail_len)
     return True
 
 
@@ -180,10 +181,20 @@ cdef void ring_publish(cb_ring *r, cb_slot *slot, uint64_t sealed_from,
     slot.length = state_offset(sealed_from)
     slot.tail = tail
     slot.tail_len = tail_len
-    r.open_base = slot.base + slot.length + tail_len
+    cb_store_relaxed(&r.open_base, slot.base + slot.length + tail_len)
     cb_store_release(&r.current, g + 1)
     cb_event_notify(&r.work_ev)
     ring_try_open(r)
+
+
+cdef bint ring_seal(cb_ring *r, cb_slot *slot) noexcept nogil:
+    """Seal ``slot``; if this call is the sealer, publish the next
+    generation.  Returns True for the sealer."""
+    cdef uint64_t prev = state_seal(&slot.state)
+    if prev & CB_SEALED:
+        return False
+    ring_publish(r, slot, prev, NULL, 0)
+    return True
 
 
 cdef int ring_wait_open(cb_ring *r, uint64_t c, unsigned *spins,
@@ -251,7 +262,9 @@ cdef int ring_reserve(cb_ring *r, uint64_t n, uint64_t *pos, char **dst,
         if st == CB_NO_ROOM:
             if not r.auto_rotate:
                 return RING_NO_ROOM
-            ring_seal(r, slot, NULL, 0)
+            # Whatever generation this seals, sealing it is right: it is the
+            # open one and the record does not fit in it.
+            ring_seal(r, slot)
             continue
         if st == CB_BUSY:
             cb_cpu_relax()
@@ -264,6 +277,7 @@ cdef int ring_reserve(cb_ring *r, uint64_t n, uint64_t *pos, char **dst,
 cdef void ring_commit(cb_ring *r, cb_slot *slot) noexcept nogil:
     if state_last_out(state_leave(&slot.state)):
         cb_event_notify(&r.work_ev)
+        cb_event_notify(&r.done_ev)  # a caller-dispatcher may wait for it too
 
 
 cdef int ring_append(cb_ring *r, const char *src, uint64_t n, uint64_t *pos,
@@ -278,7 +292,7 @@ cdef int ring_append(cb_ring *r, const char *src, uint64_t n, uint64_t *pos,
 
 
 cdef uint64_t ring_seal_current(cb_ring *r) noexcept nogil:
-    cdef uint64_t c, s
+    cdef uint64_t c, s, prev
     cdef cb_slot *slot
     cdef unsigned spins = 0
     while True:
@@ -292,20 +306,42 @@ cdef uint64_t ring_seal_current(cb_ring *r) noexcept nogil:
                 return c  # sealed empty (or shut): nothing of c to wait for
             # Its sealer is publishing c + 1 right now.
             while cb_load_acquire(&r.current) == c:
-                cb_backoff(&spins)
+                cb_backoff_wait(&spins)
             return c + 1
         if state_offset(s) == 0:
             return c
-        if ring_seal(r, slot, NULL, 0):
-            return c + 1
+        prev = state_seal(&slot.state)
+        if not (prev & CB_SEALED):
+            ring_publish(r, slot, prev, NULL, 0)
+            return cb_load_relaxed(&slot.gen) + 1
+
+
+cdef uint64_t ring_position(cb_ring *r) noexcept nogil:
+    cdef uint64_t c, s, base
+    cdef cb_slot *slot
+    cdef unsigned spins = 0
+    while True:
+        c = cb_load_acquire(&r.current)
+        slot = slot_of(r, c)
+        if cb_load_acquire(&slot.gen) == c:
+            s = cb_load_acquire(&slot.state)
+            if s != CB_CLOSED_SLOT and not (s & CB_SHUT and state_offset(s) == 0):
+                base = slot.base
+                # Valid only if the slot still holds c and c is still current
+                # (else it was sealed and maybe reopened in between).
+                if cb_load_acquire(&slot.gen) == c and cb_load_acquire(&r.current) == c:
+                    return base + state_offset(s)
+                cb_backoff_wait(&spins)
+                continue
+        base = cb_load_acquire(&r.open_base)
+        if cb_load_acquire(&r.current) == c:
+            return base
+        cb_backoff_wait(&spins)
 
 
 cdef int ring_direct(cb_ring *r, const char *src, uint64_t n, uint64_t *pos,
-                     uint64_t *gen, double max_wait) noexcept nogil:
-    """Hang ``src`` on the open buffer as its tail and seal it, so the sink
-    gets it right after that buffer's bytes, with no copy.  The caller must
-    keep ``src`` alive until ``flushed > *gen`` or ring_detach_tail()."""
-    cdef uint64_t c, s, prev
+                     uint64_t *gen, bint own, double max_wait) noexcept nogil:
+    cdef uint64_t c, s, prev, g
     cdef cb_slot *slot
     cdef int st
     cdef unsigned spins = 0
@@ -314,6 +350,8 @@ cdef int ring_direct(cb_ring *r, const char *src, uint64_t n, uint64_t *pos,
     while True:
         if cb_load_relaxed(&r.error):
             return RING_ERROR
+        if cb_load_relaxed(&r.closing):
+            return RING_SHUT
         c = cb_load_acquire(&r.current)
         slot = slot_of(r, c)
         if cb_load_acquire(&slot.gen) == c:
@@ -321,7 +359,14 @@ cdef int ring_direct(cb_ring *r, const char *src, uint64_t n, uint64_t *pos,
             if not (s & CB_SEALED):
                 prev = state_seal(&slot.state)
                 if not (prev & CB_SEALED):
-                    gen[0] = c
+                    # The generation really sealed: the slot may have moved on
+                    # since the check above, but not since the seal.
+                    g = cb_load_relaxed(&slot.gen)
+                    if own:
+                        cb_store_relaxed(&slot.owner, my_ident())
+                    else:
+                        slot.tail_copy = <char *>src  # freed by ring_finish
+                    gen[0] = g
                     pos[0] = slot.base + state_offset(prev)
                     ring_publish(r, slot, prev, src, n)
                     return RING_OK
@@ -332,22 +377,24 @@ cdef int ring_direct(cb_ring *r, const char *src, uint64_t n, uint64_t *pos,
 
 
 cdef int ring_detach_tail(cb_ring *r, uint64_t gen) noexcept nogil:
-    """Give generation ``gen``'s tail its own copy so its writer can leave
-    before the sink took it.  Returns -1 if memory ran out."""
+    """Give generation ``gen``'s tail its own copy and let other dispatchers
+    take it.  Only its owner calls this, outside any dispatch of its own, so
+    nobody reads the tail meanwhile.  Returns -1 if memory ran out."""
     cdef cb_slot *slot = slot_of(r, gen)
-    cdef char *copy
-    cdef int rc = 0
-    cb_mutex_lock(&r.dispatch_mu)
-    if cb_load_acquire(&r.flushed) <= gen and slot.tail_copy == NULL and slot.tail_len:
-        copy = <char *>malloc(slot.tail_len)
-        if copy == NULL:
-            rc = -1
-        else:
-            memcpy(copy, slot.tail, slot.tail_len)
-            slot.tail = copy
-            slot.tail_copy = copy
-    cb_mutex_unlock(&r.dispatch_mu)
-    return rc
+    cdef char *own_copy
+    if cb_load_acquire(&r.flushed) > gen:
+        return 0
+    if slot.tail_len and slot.tail_copy == NULL:
+        own_copy = <char *>malloc(slot.tail_len)
+        if own_copy == NULL:
+            return -1
+        memcpy(own_copy, slot.tail, slot.tail_len)
+        slot.tail = own_copy
+        slot.tail_copy = own_copy
+    cb_store_release(&slot.owner, 0)
+    cb_event_notify(&r.work_ev)
+    cb_event_notify(&r.done_ev)
+    return 0
 
 
 cdef void ring_shut(cb_ring *r) noexcept nogil:
@@ -360,157 +407,102 @@ cdef void ring_shut(cb_ring *r) noexcept nogil:
         c = cb_load_seq_cst(&r.current)
         slot = slot_of(r, c)
         if cb_load_seq_cst(&slot.gen) != c:
-            return  # unclaimed: a later opener claims first, then sees closing
+            break  # unclaimed: a later opener claims first, then sees closing
         prev = cb_fetch_or_acq_rel(&slot.state, CB_SEALED | CB_SHUT)
         if not (prev & CB_SEALED):
             ring_publish(r, slot, prev, NULL, 0)  # we sealed the open slot
             continue
         if prev & CB_FLUSHING:
-            return  # claimed but not yet opened: its opening CAS now fails
+            break  # claimed but not yet opened: its opening CAS now fails
         while cb_load_acquire(&r.current) == c:  # a sealer is publishing
-            cb_backoff(&spins)
+            cb_backoff_wait(&spins)
+    # Writers waiting for space must see closing now.
+    cb_event_notify(&r.space_ev)
+    cb_event_notify(&r.work_ev)
 
 
 # ---------------------------------------------------------------- dispatch
 
-cdef void ring_set_errno(cb_ring *r, int err) noexcept nogil:
-    cb_store_release(&r.error, <uint64_t>err)
-    cb_event_notify(&r.space_ev)
-    cb_event_notify(&r.done_ev)
-
-
-cdef void ring_set_exception(cb_ring *r, object exc) noexcept:
-    cdef PyObject *old
-    Py_INCREF(exc)
+cdef void ring_set_sink_error(cb_ring *r) noexcept nogil:
+    """Make the sink's last error sticky: errno, or the exception it holds."""
+    cdef PyObject *exc = r.sink.exc
+    cdef int err = r.sink.err
+    r.sink.exc = NULL
+    r.sink.err = 0
     cb_mutex_lock(&r.exc_mu)
-    old = r.exc
-    r.exc = <PyObject *>exc
+    if not cb_load_relaxed(&r.error):
+        if exc != NULL:
+            r.exc = exc
+            exc = NULL
+            cb_store_release(&r.error, CB_PY_ERROR)
+        else:
+            cb_store_release(&r.error, <uint64_t>(err if err else 5))  # EIO
     cb_mutex_unlock(&r.exc_mu)
-    Py_XDECREF(old)
-    cb_store_release(&r.error, CB_PY_ERROR)
+    if exc != NULL:
+        with gil:
+            Py_XDECREF(exc)
     cb_event_notify(&r.space_ev)
     cb_event_notify(&r.done_ev)
 
 
-cdef uint64_t write_fd(cb_ring *r, cb_slot **batch, uint64_t k) noexcept nogil:
-    """Write the batch with writev, continuing partial writes, retrying EINTR
-    and waiting for POLLOUT on EAGAIN.  Returns how many generations were
-    written whole; on another error sets the sticky errno."""
-    cdef iovec iov[2 * MAX_BATCH]
-    cdef uint64_t first = 0, i, left, take, total
-    cdef long w
-    cdef int cnt, err
+cdef struct cb_part:
+    cb_slot *slot
+    uint64_t gen
+    uint64_t end      # slot.done once this part is written
+    bint last         # sealed, and `end` is all of it: the generation is finished
+
+
+cdef enum Blocked:
+    BLOCK_NONE = 0
+    BLOCK_WRITERS = 1   # a sealed generation still has writers copying
+    BLOCK_OWNED = 2     # a large write's own thread dispatches it
+    BLOCK_OPEN = 3      # the open buffer has writers copying (no partial dispatch)
+
+
+cdef int ring_collect(cb_ring *r, cb_part *parts, bint partial, uint64_t me,
+                      int *blocked) noexcept nogil:
+    """Under dispatch_mu: what is ready for the sink, oldest first."""
+    cdef uint64_t f = cb_load_acquire(&r.flushed)
+    cdef uint64_t c = cb_load_acquire(&r.current)
+    cdef uint64_t g = f, s, own
+    cdef int k = 0
     cdef cb_slot *slot
-    cdef pollfd pfd
-    while True:
-        while first < k and batch[first].done >= batch[first].length + batch[first].tail_len:
-            first += 1
-        if first == k:
+    blocked[0] = BLOCK_NONE
+    while g < c and k < MAX_BATCH:
+        slot = slot_of(r, g)
+        s = cb_load_acquire(&slot.state)
+        if state_writers(s):
+            blocked[0] = BLOCK_WRITERS
             return k
-        cnt = 0
-        for i in range(first, k):
-            slot = batch[i]
-            if slot.done < slot.length:
-                iov[cnt].iov_base = slot.data + slot.done
-                iov[cnt].iov_len = slot.length - slot.done
-                cnt += 1
-                if slot.tail_len:
-                    iov[cnt].iov_base = <void *>slot.tail
-                    iov[cnt].iov_len = slot.tail_len
-                    cnt += 1
-            elif slot.done < slot.length + slot.tail_len:
-                iov[cnt].iov_base = <void *>(slot.tail + (slot.done - slot.length))
-                iov[cnt].iov_len = slot.length + slot.tail_len - slot.done
-                cnt += 1
-        w = writev(r.fd, iov, cnt)
-        cb_fetch_add_relaxed(&r.st_syscalls, 1)
-        if w < 0:
-            err = errno
-            if err == EINTR:
-                continue
-            if err == EAGAIN or err == EWOULDBLOCK:
-                pfd.fd = r.fd
-                pfd.events = POLLOUT
-                pfd.revents = 0
-                poll(&pfd, 1, 100)
-                continue
-            ring_set_errno(r, err)
-            return first
-        cb_fetch_add_relaxed(&r.st_bytes_written, <uint64_t>w)
-        i = first
-        while w > 0:
-            slot = batch[i]
-            total = slot.length + slot.tail_len
-            left = total - slot.done
-            take = left if left < <uint64_t>w else <uint64_t>w
-            slot.done += take
-            w -= <long>take
-            i += 1
-
-
-cdef uint64_t write_python(cb_ring *r, cb_slot **batch, uint64_t k) noexcept nogil:
-    with gil:
-        return write_python_gil(r, batch, k)
-
-
-cdef uint64_t write_python_gil(cb_ring *r, cb_slot **batch, uint64_t k) noexcept:
-    # Marks this thread as the owner so that a signal handler run inside the
-    # sink call and writing to this ring does not wait for itself.
-    cdef object sink = <object>r.sink
-    cb_store_relaxed(&r.py_owner, PyThread_get_thread_ident())
-    try:
-        return python_sink_calls(r, sink, batch, k)
-    finally:
-        cb_store_relaxed(&r.py_owner, 0)
-
-
-cdef uint64_t python_sink_calls(cb_ring *r, object sink, cb_slot **batch, uint64_t k) noexcept:
-    """Call the Python sink with a read-only view of each part, continuing
-    when it reports a short write.  A raised exception becomes sticky."""
-    cdef uint64_t i, total, n, w
-    cdef const char *p
-    cdef cb_slot *slot
-    for i in range(k):
-        slot = batch[i]
-        total = slot.length + slot.tail_len
-        while slot.done < total:
-            if slot.done < slot.length:
-                p = slot.data + slot.done
-                n = slot.length - slot.done
-            else:
-                p = slot.tail + (slot.done - slot.length)
-                n = total - slot.done
-            view = PyMemoryView_FromMemory(<char *>p, <Py_ssize_t>n, PyBUF_READ)
-            try:
-                res = sink(view)
-                if res is None:
-                    w = n
-                elif isinstance(res, int) and 0 <= res <= n:
-                    w = res
-                else:
-                    raise ValueError(f"sink returned {res!r} for a write of {n} bytes")
-            except InterruptedError:
-                continue  # EINTR: nothing written; offer the same bytes again, as io does
-            except BaseException as exc:
-                ring_set_exception(r, exc)
-                return i
-            finally:
-                try:
-                    view.release()
-                except BufferError:
-                    pass  # the sink kept an export; the view was only valid during the call
-            cb_fetch_add_relaxed(&r.st_syscalls, 1)
-            if w == 0:
-                with nogil:
-                    usleep(1000)  # a non-blocking raw that would block: try again shortly
-                continue
-            slot.done += w
-            cb_fetch_add_relaxed(&r.st_bytes_written, w)
+        own = cb_load_acquire(&slot.owner)
+        if own != 0 and own != me:
+            blocked[0] = BLOCK_OWNED
+            return k
+        if not (s & CB_FLUSHING):
+            cb_fetch_or_acq_rel(&slot.state, CB_FLUSHING)
+        parts[k].slot = slot
+        parts[k].gen = g
+        parts[k].end = slot.length + slot.tail_len
+        parts[k].last = True
+        k += 1
+        g += 1
+    if g == c and partial and k < MAX_BATCH:
+        slot = slot_of(r, c)
+        if cb_load_acquire(&slot.gen) == c:
+            s = cb_load_acquire(&slot.state)
+            if not (s & CB_SEALED):
+                if state_writers(s):
+                    blocked[0] = BLOCK_OPEN
+                elif state_offset(s) > slot.done:
+                    parts[k].slot = slot
+                    parts[k].gen = c
+                    parts[k].end = state_offset(s)
+                    parts[k].last = False
+                    k += 1
     return k
 
 
 cdef void ring_finish(cb_ring *r, cb_slot *slot, uint64_t gen) noexcept nogil:
-    cb_fetch_add_relaxed(&r.st_flushes, 1)
     cb_fetch_add_relaxed(&r.st_writes, cb_load_relaxed(&slot.appends) + (1 if slot.tail_len else 0))
     if slot.length:
         cb_fetch_add_relaxed(&r.st_used, slot.length)
@@ -520,153 +512,360 @@ cdef void ring_finish(cb_ring *r, cb_slot *slot, uint64_t gen) noexcept nogil:
         free(slot.tail_copy)
         slot.tail_copy = NULL
     slot.tail = NULL
-    cb_store_relaxed(&r.written, slot.base + slot.length + slot.tail_len)
+    cb_store_relaxed(&slot.owner, 0)
+    cb_store_release(&r.written, slot.base + slot.length + slot.tail_len)
     cb_store_release(&slot.state, CB_CLOSED_SLOT)
     cb_store_release(&r.flushed, gen + 1)
 
 
-cdef uint64_t ring_dispatch_ready(cb_ring *r) noexcept nogil:
-    """Hand every sealed generation whose writers are done to the sink.
-    The caller holds dispatch_mu.  Returns how many were handed over."""
-    cdef cb_slot *batch[MAX_BATCH]
-    cdef uint64_t f, c, k, w, i, total = 0
+cdef int build_iov(cb_part *parts, int first, int k, iovec *iov) noexcept nogil:
+    cdef int cnt = 0, i
     cdef cb_slot *slot
-    while not cb_load_acquire(&r.error):
-        f = cb_load_acquire(&r.flushed)
-        c = cb_load_acquire(&r.current)
-        k = 0
-        while k < MAX_BATCH and f + k < c:
-            slot = slot_of(r, f + k)
-            if state_writers(cb_load_acquire(&slot.state)) != 0:
-                break
-            cb_fetch_or_acq_rel(&slot.state, CB_FLUSHING)
-            batch[k] = slot
-            k += 1
-        if k == 0:
-            break
-        if r.fd >= 0:
-            w = write_fd(r, batch, k)
-            # Synced before they count as flushed: flush() promises both.
-            if w and r.fsync and c_fsync(r.fd) != 0:
-                ring_set_errno(r, errno)
+    cdef uint64_t lo, hi
+    for i in range(first, k):
+        slot = parts[i].slot
+        lo = slot.done
+        hi = parts[i].end
+        if not parts[i].last:
+            # The open buffer's finished prefix: length is not fixed yet.
+            iov[cnt].iov_base = slot.data + lo
+            iov[cnt].iov_len = hi - lo
+            cnt += 1
+            continue
+        if lo < slot.length:
+            iov[cnt].iov_base = slot.data + lo
+            iov[cnt].iov_len = (hi if hi < slot.length else slot.length) - lo
+            cnt += 1
+            lo = slot.length
+        if lo < hi:
+            iov[cnt].iov_base = <void *>(slot.tail + (lo - slot.length))
+            iov[cnt].iov_len = hi - lo
+            cnt += 1
+    return cnt
+
+
+cdef int ring_write_parts(cb_ring *r, cb_part *parts, int k, bint caller,
+                          double max_wait, uint64_t *finished,
+                          PyObject **raised) noexcept nogil:
+    """Hand ``parts`` to the sink, resuming after short writes.  A caller
+    gets RING_INTR / RING_WOULD_BLOCK back (progress kept) so it can run
+    signal handlers; the flusher retries by itself."""
+    cdef iovec iov[2 * MAX_BATCH]
+    cdef int first = 0, cnt, i, st
+    cdef uint64_t taken, left, take
+    cdef cb_slot *slot
+    cdef double deadline = cb_monotonic() + max_wait if max_wait >= 0 else -1.0
+    cdef double now
+    while first < k:
+        cnt = build_iov(parts, first, k, iov)
+        if cnt:
+            st = r.sink.write(&r.sink, iov, cnt, &taken)
         else:
-            w = write_python(r, batch, k)
-        for i in range(w):
-            ring_finish(r, batch[i], f + i)
-        total += w
-        if w:
-            cb_event_notify(&r.done_ev)
-            ring_try_open(r)
-        if w < k:
-            break
-    return total
+            st = SINK_OK  # only empty generations: nothing for the sink
+            taken = 0
+        i = first
+        while taken > 0 and i < k:
+            slot = parts[i].slot
+            left = parts[i].end - slot.done
+            take = left if left < taken else taken
+            slot.done += take
+            taken -= take
+            i += 1
+        while first < k and parts[first].slot.done == parts[first].end:
+            cb_fetch_add_relaxed(&r.st_flushes, 1)
+            if parts[first].last:
+                ring_finish(r, parts[first].slot, parts[first].gen)
+                finished[0] += 1
+            else:
+                cb_store_release(&r.written, parts[first].slot.base + parts[first].slot.done)
+            first += 1
+        if first < k and parts[first].slot.done:
+            cb_store_release(&r.written, parts[first].slot.base + parts[first].slot.done)
+        if st == SINK_OK:
+            if caller and first < k:
+                # Short: a signal may have cut it (a blocking pipe writes all
+                # or is interrupted).  Let the caller run handlers first.
+                return RING_INTR
+            continue
+        if st == SINK_ERROR:
+            ring_set_sink_error(r)
+            return RING_ERROR
+        if st == SINK_INTR:
+            if r.sink.exc != NULL:
+                if not caller:
+                    ring_set_sink_error(r)  # nobody to raise it to: keep it
+                    return RING_ERROR
+                raised[0] = r.sink.exc
+                r.sink.exc = NULL
+                return RING_INTR
+            if caller:
+                return RING_INTR
+            continue
+        # SINK_AGAIN: wait for the destination, a slice at a time.
+        now = cb_monotonic()
+        if deadline >= 0 and now >= deadline:
+            return RING_WOULD_BLOCK
+        sink_wait_writable(&r.sink, FLUSHER_SLICE if deadline < 0 else
+                           min(deadline - now, FLUSHER_SLICE))
+        if not caller and (cb_load_relaxed(&r.park) or cb_load_relaxed(&r.inline)):
+            return RING_WOULD_BLOCK
+    return RING_OK
 
 
-cdef bint ring_lock_dispatch(cb_ring *r, double max_wait) noexcept nogil:
-    cdef double deadline
-    if max_wait < 0:
-        cb_mutex_lock(&r.dispatch_mu)
-        return True
-    deadline = cb_monotonic() + max_wait
-    while not cb_mutex_trylock(&r.dispatch_mu):
-        if cb_monotonic() >= deadline:
-            return False
-        usleep(200)
-    return True
-
-
-cdef int ring_dispatch_until(cb_ring *r, uint64_t target, double max_wait) noexcept nogil:
-    cdef unsigned key
-    cdef double deadline = -1.0, now
-    cdef bint dispatched
+cdef int ring_dispatch(cb_ring *r, uint64_t target, bint caller, bint partial, int sync,
+                       double max_wait, int *blocked, PyObject **raised) noexcept nogil:
+    """Under dispatch_mu: write what is ready, then sync it per ``sync``.  A
+    caller goes on for up to GROUP_ROUNDS more batches while others wait."""
+    cdef cb_part parts[MAX_BATCH]
+    cdef uint64_t me = my_ident(), finished = 0, pos
+    cdef int k, st = RING_OK, rounds = 0
+    cdef bint wrote = False
+    cdef double deadline, now
+    blocked[0] = BLOCK_NONE
     while True:
-        key = cb_event_key(&r.work_ev)
-        # Never block on the mutex: its holder may be a daemon thread that the
-        # interpreter stopped at exit.  Whoever holds it is dispatching anyway.
-        dispatched = cb_mutex_trylock(&r.dispatch_mu)
-        if dispatched:
-            ring_dispatch_ready(r)
-            cb_mutex_unlock(&r.dispatch_mu)
         if cb_load_acquire(&r.error):
             return RING_ERROR
-        if cb_load_acquire(&r.flushed) >= target:
+        k = ring_collect(r, parts, partial, me, blocked)
+        if k == 0:
+            break
+        st = ring_write_parts(r, parts, k, caller, max_wait, &finished, raised)
+        wrote = True
+        if finished:
+            finished = 0
+            ring_try_open(r)
+            cb_event_notify(&r.done_ev)
+        if st != RING_OK:
+            return st
+        rounds += 1
+        if not caller:
+            continue
+        if cb_load_acquire(&r.written) >= target and (
+                rounds > GROUP_ROUNDS or not cb_event_waiting(&r.done_ev)):
+            break
+    pos = cb_load_acquire(&r.written)
+    if pos <= cb_load_acquire(&r.synced):
+        return RING_OK
+    if r.sink.raw == NULL and not r.sink.fsync:
+        cb_store_release(&r.synced, pos)  # nothing to sync: taken is synced
+        return RING_OK
+    if sync == SYNC_NONE or (sync == SYNC_OS and not wrote):
+        return RING_OK
+    deadline = cb_monotonic() + max_wait if max_wait >= 0 else -1.0
+    while True:
+        st = r.sink.sync(&r.sink, sync == SYNC_RAW)
+        if st != SINK_AGAIN:
+            break
+        # A buffered raw over a non-blocking fd could not flush yet.
+        now = cb_monotonic()
+        if deadline >= 0 and now >= deadline:
+            return RING_WOULD_BLOCK
+        sink_wait_writable(&r.sink, FLUSHER_SLICE if deadline < 0 else
+                           min(deadline - now, FLUSHER_SLICE))
+        if not caller and (cb_load_relaxed(&r.park) or cb_load_relaxed(&r.inline)):
+            return RING_WOULD_BLOCK
+    if st == SINK_ERROR:
+        ring_set_sink_error(r)
+        return RING_ERROR
+    if st == SINK_INTR:
+        if r.sink.exc != NULL:
+            if not caller:
+                ring_set_sink_error(r)
+                return RING_ERROR
+            raised[0] = r.sink.exc
+            r.sink.exc = NULL
+        return RING_INTR
+    if sync == SYNC_RAW or r.sink.raw == NULL:
+        cb_store_release(&r.synced, pos)
+    return RING_OK
+
+
+cdef int ring_flush_to(cb_ring *r, uint64_t target, double max_wait, bint partial,
+                       int sync, PyObject **raised) noexcept nogil:
+    cdef unsigned key, spins = 0
+    cdef int st, blocked
+    cdef double deadline = -1.0, now
+    cdef bint sealed = False
+    cdef cb_atomic_u64 *goal = &r.written if sync == SYNC_NONE else &r.synced
+    cdef uint64_t want, before
+    while True:
+        if cb_load_acquire(goal) >= target:
             return RING_OK
+        if cb_load_acquire(&r.error):
+            return RING_ERROR
+        key = cb_event_key(&r.done_ev)
+        if (r.sink.fd < 0 and cb_load_acquire(&r.running) and not cb_load_acquire(&r.inline)
+                and not cb_load_acquire(&r.park)):
+            if sink_owned_by_me(&r.sink):
+                return RING_OWNED
+            # A Python sink: ask the flusher (want only grows) and wait.
+            want = cb_load_acquire(&r.want)
+            while want < target and not cb_cas_strong_acq_rel(&r.want, &want, target):
+                pass
+            cb_event_notify(&r.work_ev)
+        elif cb_mutex_trylock(&r.dispatch_mu):
+            before = cb_load_relaxed(&r.written) + cb_load_relaxed(&r.synced)
+            st = ring_dispatch(r, target, True, partial, sync, max_wait, &blocked, raised)
+            cb_mutex_unlock(&r.dispatch_mu)
+            if cb_load_relaxed(&r.written) + cb_load_relaxed(&r.synced) != before:
+                # Progress: wake who waits for it (only then, or our own
+                # notify would end the wait below at once: a busy loop).
+                cb_event_notify(&r.done_ev)
+                spins = 0
+            if st != RING_OK:
+                return st
+            if cb_load_acquire(goal) >= target:
+                return RING_OK
+            if blocked == BLOCK_OPEN and not sealed:
+                # A writer is copying into the open buffer: seal it, so it
+                # goes as soon as the copies are done (its last writer out
+                # wakes us).
+                ring_seal_current(r)
+                sealed = True
+                continue
+        elif sink_owned_by_me(&r.sink):
+            return RING_OWNED
+        if not cb_backoff(&spins):
+            continue
         now = cb_monotonic()
         if max_wait >= 0:
             if deadline < 0:
                 deadline = now + max_wait
             if now >= deadline:
                 return RING_WOULD_BLOCK
-            cb_event_wait(&r.work_ev, key, deadline - now if dispatched else min(deadline - now, 0.001))
+            cb_event_wait(&r.done_ev, key, min(deadline - now, 0.01))
         else:
-            cb_event_wait(&r.work_ev, key, 1.0 if dispatched else 0.001)
+            cb_event_wait(&r.done_ev, key, 0.01)
 
 
 cdef int ring_wait_flushed(cb_ring *r, uint64_t target, double max_wait) noexcept nogil:
-    cdef unsigned key
+    cdef PyObject *raised = NULL
+    cdef unsigned key, spins = 0
+    cdef int st, blocked
     cdef double deadline = -1.0, now
-    while True:
-        key = cb_event_key(&r.done_ev)
+    cdef uint64_t before
+    while cb_load_acquire(&r.flushed) < target:
         if cb_load_acquire(&r.error):
             return RING_ERROR
-        if cb_load_acquire(&r.flushed) >= target:
-            return RING_OK
+        key = cb_event_key(&r.done_ev)
+        if cb_mutex_trylock(&r.dispatch_mu):
+            before = cb_load_relaxed(&r.flushed)
+            st = ring_dispatch(r, 0, True, False, SYNC_OS, max_wait, &blocked, &raised)
+            cb_mutex_unlock(&r.dispatch_mu)
+            if cb_load_relaxed(&r.flushed) != before:
+                cb_event_notify(&r.done_ev)
+            if raised != NULL:
+                with gil:
+                    Py_XDECREF(raised)  # a C caller has nobody to raise it to
+                raised = NULL
+            if st == RING_ERROR:
+                return st
+            if cb_load_acquire(&r.flushed) >= target:
+                break
+        elif sink_owned_by_me(&r.sink):
+            return RING_OWNED
+        if not cb_backoff(&spins):
+            continue
         now = cb_monotonic()
         if max_wait >= 0:
             if deadline < 0:
                 deadline = now + max_wait
             if now >= deadline:
                 return RING_WOULD_BLOCK
-            cb_event_wait(&r.done_ev, key, deadline - now)
+            cb_event_wait(&r.done_ev, key, min(deadline - now, 0.01))
         else:
-            cb_event_wait(&r.done_ev, key, 1.0)
+            cb_event_wait(&r.done_ev, key, 0.01)
+    return RING_OK
 
 
-cdef int ring_await(cb_ring *r, uint64_t target, double max_wait) noexcept nogil:
-    if r.auto_flush and not cb_load_acquire(&r.inline):
-        return ring_wait_flushed(r, target, max_wait)
-    return ring_dispatch_until(r, target, max_wait)
+cdef bint ring_lock_dispatch(cb_ring *r, double max_wait) noexcept nogil:
+    """Take dispatch_mu within max_wait seconds (its holder may be stuck in
+    a stalled sink, or be a thread the interpreter stopped at exit)."""
+    cdef double deadline = cb_monotonic() + max_wait
+    cdef unsigned spins = 0
+    while not cb_mutex_trylock(&r.dispatch_mu):
+        if cb_monotonic() >= deadline:
+            return False
+        cb_backoff_wait(&spins)
+    return True
+
+
+cdef int ring_drain_locked(cb_ring *r, uint64_t target, double max_wait,
+                           PyObject **raised) noexcept nogil:
+    """With dispatch_mu held: hand everything before ``target`` over (and
+    sync it), retrying interruptions, within max_wait seconds."""
+    cdef double deadline = cb_monotonic() + max_wait
+    cdef int st = RING_OK, blocked
+    cdef unsigned spins = 0
+    while cb_load_acquire(&r.synced) < target and not cb_load_acquire(&r.error):
+        st = ring_dispatch(r, target, True, True, SYNC_RAW, SIGNAL_CHECK, &blocked, raised)
+        if raised[0] != NULL:
+            return RING_INTR
+        if st == RING_ERROR or blocked == BLOCK_OWNED or cb_monotonic() >= deadline:
+            break  # (an owned tail's writer waits for this very lock)
+        if st == RING_OK and blocked != BLOCK_NONE:
+            if blocked == BLOCK_OPEN:
+                ring_seal_current(r)
+            cb_backoff_wait(&spins)  # writers are finishing their copies
+    return st
 
 
 cdef bint ring_owned_by_me(cb_ring *r) noexcept nogil:
-    return cb_load_relaxed(&r.py_owner) == PyThread_get_thread_ident()
+    return sink_owned_by_me(&r.sink)
 
 
 cdef void flusher_loop(cb_ring *r) noexcept nogil:
-    """The background flusher: dispatch what is ready, seal the open buffer
-    every ``interval``, sleep on work_ev otherwise; exit once stopped and
-    drained (or stopped with an error set, which leaves the bytes queued)."""
+    """The background flusher: dispatch full buffers, hand the open buffer
+    over every ``interval``, sleep on work_ev otherwise (no polling); exit
+    when parked, or stopped and drained (or stopped with an error set)."""
     cdef unsigned key
-    cdef double now, timeout, poll_until = -1.0
+    cdef double now, timeout
     cdef double next_tick = cb_monotonic() + r.interval if r.interval > 0 else -1.0
-    cdef uint64_t dispatched
+    cdef int blocked
+    cdef bint tick, got, want
+    cdef PyObject *raised = NULL
+    cdef sigset_t all_signals
+    # Signals go to threads that can run Python handlers, so a caller blocked
+    # in the sink is the one the kernel interrupts.
+    sigfillset(&all_signals)
+    sigdelset(&all_signals, SIGSEGV)  # faults stay deliverable
+    sigdelset(&all_signals, SIGBUS)
+    sigdelset(&all_signals, SIGFPE)
+    sigdelset(&all_signals, SIGILL)
+    sigdelset(&all_signals, SIGABRT)
+    pthread_sigmask(SIG_BLOCK, &all_signals, NULL)
     while True:
         key = cb_event_key(&r.work_ev)
-        cb_mutex_lock(&r.dispatch_mu)
-        dispatched = ring_dispatch_ready(r)
-        cb_mutex_unlock(&r.dispatch_mu)
-        if dispatched:
-            poll_until = cb_monotonic() + FLUSHER_POLL
-        if poll_until >= 0 and not cb_load_acquire(&r.stop):
-            if cb_monotonic() < poll_until:
-                cb_cpu_relax()
-                continue
-            poll_until = -1.0
-        timeout = 1.0
+        if cb_load_acquire(&r.park) or cb_load_acquire(&r.inline):
+            return
+        tick = False
         if next_tick >= 0:
             now = cb_monotonic()
             if now >= next_tick:
+                tick = True
                 next_tick = now + r.interval
-                if not cb_load_acquire(&r.error):
-                    ring_seal_current(r)
+        # A flush() waiting on a Python sink wants its bytes written and synced.
+        want = cb_load_acquire(&r.want) > cb_load_acquire(&r.synced)
+        got = cb_mutex_trylock(&r.dispatch_mu)
+        if got:
+            ring_dispatch(r, 0, False, tick or want, SYNC_RAW if want else SYNC_OS,
+                          -1.0, &blocked, &raised)
+            cb_mutex_unlock(&r.dispatch_mu)
+            cb_event_notify(&r.done_ev)
+            if (tick or want) and blocked == BLOCK_OPEN and not cb_load_acquire(&r.error):
+                ring_seal_current(r)
                 continue
-            timeout = next_tick - now
-        if cb_load_acquire(&r.inline):
-            return  # dispatch is the waiters' job from now on
         if cb_load_acquire(&r.stop):
             if cb_load_acquire(&r.error) or cb_load_acquire(&r.flushed) >= cb_load_acquire(&r.current):
                 return
-        cb_event_wait(&r.work_ev, key, timeout)
+        timeout = 1.0
+        if not got:
+            timeout = 0.005  # somebody else dispatches; look again soon
+        if next_tick >= 0:
+            now = cb_monotonic()
+            if next_tick - now < timeout:
+                timeout = next_tick - now if next_tick > now else 0.0
+        if timeout > 0:
+            cb_event_wait(&r.work_ev, key, timeout)
 
 
 # ---------------------------------------------------------------- lifetime
@@ -685,7 +884,6 @@ cdef cb_ring *ring_new(uint64_t count, uint64_t size, uint64_t start) except NUL
     r.memory = <char *>mem
     r.count = count
     r.size = size
-    r.fd = -1
     for i in range(count):
         r.slots[i].data = r.memory + i * size
     if (cb_event_init(&r.space_ev) or cb_event_init(&r.work_ev) or cb_event_init(&r.done_ev)
@@ -695,6 +893,7 @@ cdef cb_ring *ring_new(uint64_t count, uint64_t size, uint64_t start) except NUL
         free(r)
         raise OSError("cannot initialise the ring's wait primitives")
     cb_atomic_init(&r.refs, 1)
+    sink_init_fd(&r.sink, -1, False)
     ring_reset(r, start)
     return r
 
@@ -707,6 +906,7 @@ cdef void ring_reset(cb_ring *r, uint64_t base) noexcept nogil:
         cb_atomic_init(&r.slots[i].state, CB_CLOSED_SLOT)
         cb_atomic_init(&r.slots[i].gen, i)
         cb_atomic_init(&r.slots[i].appends, 0)
+        cb_atomic_init(&r.slots[i].owner, 0)
         r.slots[i].length = 0
         r.slots[i].tail = NULL
         r.slots[i].tail_len = 0
@@ -717,10 +917,15 @@ cdef void ring_reset(cb_ring *r, uint64_t base) noexcept nogil:
     cb_atomic_init(&r.current, r.count)
     cb_atomic_init(&r.flushed, r.count)
     cb_atomic_init(&r.written, base)
+    cb_atomic_init(&r.synced, base)
+    cb_atomic_init(&r.want, base)
+    cb_atomic_init(&r.open_base, base)
     cb_atomic_init(&r.error, 0)
     cb_atomic_init(&r.closing, 0)
     cb_atomic_init(&r.stop, 0)
-    r.open_base = base
+    cb_atomic_init(&r.park, 0)
+    cb_atomic_init(&r.running, 0)
+    cb_atomic_init(&r.inline, 0)
     ring_try_open(r)
 
 
@@ -733,7 +938,7 @@ cdef void ring_decref(cb_ring *r) noexcept:
     cb_load_acquire(&r.refs)
     for i in range(r.count):
         free(r.slots[i].tail_copy)
-    Py_XDECREF(r.sink)
+    sink_clear(&r.sink)
     Py_XDECREF(r.exc)
     cb_event_destroy(&r.space_ev)
     cb_event_destroy(&r.work_ev)
@@ -756,34 +961,133 @@ cdef class _RingHandle:
 
 
 def _flusher_main(_RingHandle handle):
-    with nogil:
-        flusher_loop(handle.ring)
+    cdef cb_ring *r = handle.ring
+    try:
+        with nogil:
+            flusher_loop(r)
+    finally:
+        cb_store_release(&r.running, 0)
+        cb_event_notify(&r.done_ev)
 
 
-# Every ring, for the exit flush (auto_flush rings) and for fork().
-_live_rings = weakref.WeakSet()
+# ---------------------------------------------------------------- process life
+# One registry of live rings for exit, fork and multiprocessing workers,
+# iterated over a snapshot taken under its lock.
+
+_registry_lock = threading.RLock()
+_registry = {}  # id(ring) -> weakref to it
+
+
+def _register(ring):
+    with _registry_lock:
+        _registry[id(ring)] = weakref.ref(ring)
+    _ensure_mp_finalizer()
+
+
+def _unregister(ring):
+    with _registry_lock:
+        ref = _registry.get(id(ring))
+        if ref is not None and ref() is ring:
+            del _registry[id(ring)]
+
+
+def _live_rings():
+    """A snapshot of the rings alive now (dead entries are dropped)."""
+    with _registry_lock:
+        while True:
+            try:
+                items = list(_registry.items())
+                break
+            except RuntimeError:
+                continue  # a finalizer on this thread changed it mid-copy
+        out = []
+        for key, ref in items:
+            ring = ref()
+            if ring is None:
+                _registry.pop(key, None)
+            else:
+                out.append(ring)
+    return out
 
 
 def _flush_live_rings():
-    for ring in list(_live_rings):
+    for ring in _live_rings():
         try:
             ring._exit_flush()
         except Exception:
-            pass  # an error is sticky on the ring; exit goes on
+            pass  # an error is sticky on its ring; the others are flushed all the same
 
 
 def _at_exit():
     _flush_live_rings()
-    for ring in list(_live_rings):
-        ring._stop_python_flusher()
+    for ring in _live_rings():
+        try:
+            ring._stop_python_flusher()
+        except Exception:
+            pass
+
+
+def _before_fork():
+    _ensure_mp_after_fork()
+    for ring in _live_rings():
+        try:
+            ring._before_fork()
+        except Exception:
+            pass
+
+
+def _after_fork_in_parent():
+    for ring in _live_rings():
+        try:
+            ring._after_fork_in_parent()
+        except Exception:
+            pass
 
 
 def _after_fork_in_child():
-    for ring in list(_live_rings):
-        ring._after_fork()
+    global _registry_lock
+    _registry_lock = threading.RLock()  # another thread may have held it
+    for ring in _live_rings():
+        ring._after_fork_in_child()
 
 
-os.register_at_fork(before=_flush_live_rings, after_in_child=_after_fork_in_child)
+# multiprocessing workers end in os._exit() after running multiprocessing's
+# own finalizers, never atexit: flush there.  Forked workers clear that
+# registry when they start and then run their after-fork callbacks, so the
+# finalizer is registered again from one.
+class _Token:
+    pass
+
+
+_MP_TOKEN = _Token()
+_mp_finalizer_pid = 0
+_mp_after_fork_set = False
+
+
+def _ensure_mp_finalizer():
+    global _mp_finalizer_pid
+    util = sys.modules.get("multiprocessing.util")
+    if util is None or _mp_finalizer_pid == os.getpid():
+        return
+    _mp_finalizer_pid = os.getpid()
+    util.Finalize(None, _flush_live_rings, exitpriority=-100)
+
+
+def _mp_after_fork(_token):
+    _ensure_mp_finalizer()
+
+
+def _ensure_mp_after_fork():
+    global _mp_after_fork_set
+    util = sys.modules.get("multiprocessing.util")
+    if util is None or _mp_after_fork_set:
+        return
+    _mp_after_fork_set = True
+    util.register_after_fork(_MP_TOKEN, _mp_after_fork)
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
 # Runs after non-daemon threads were joined, while the flushers still run.
 atexit.register(_at_exit)
 
@@ -801,13 +1105,28 @@ def _check_geometry(buffer_count, buffer_size):
             f"buffer_size must be a positive multiple of 4096 below 2**32, got {buffer_size}")
 
 
+def _fresh(exc):
+    """A new exception like ``exc`` (same type, args, errno), so raising the
+    sticky error again never grows one traceback; ``exc`` is its cause."""
+    try:
+        new = copy.copy(exc)
+    except Exception:
+        return exc.with_traceback(None)
+    if new is exc or type(new) is not type(exc):
+        return exc.with_traceback(None)
+    new.__traceback__ = None
+    new.__context__ = None
+    new.__cause__ = exc
+    return new
+
+
 cdef class BufferRing:
     """BufferRing(buffer_count, buffer_size, sink, *, auto_flush=True, auto_rotate=True)
 
     A fixed ring of 4096-aligned buffers that many threads append to without a
     lock.  A full buffer is sealed, the ring rotates, and the sealed buffer is
     handed to ``sink`` (in seal order, one call at a time) by a background
-    flusher thread.
+    flusher thread; ``flush()`` hands them over on the calling thread.
 
     :param int buffer_count: buffers in the ring (>= 1).
     :param int buffer_size: bytes per buffer, a positive multiple of 4096.
@@ -831,61 +1150,106 @@ cdef class BufferRing:
     def __cinit__(self, *args, **kwargs):
         self.ring = NULL
         self._flusher = None
-        self._started = False
+        self._signal_exc = None
+        self._fork_locked = False
+        self._close_state = 0
+        self._close_owner = 0
+        self._close_deferred = False
 
     def __init__(self, buffer_count, buffer_size, sink, *, auto_flush=True, auto_rotate=True):
         _check_geometry(buffer_count, buffer_size)
         if isinstance(sink, int) and not isinstance(sink, bool):
             os.fstat(sink)  # EBADF now rather than on the first flush
-            self._setup(buffer_count, buffer_size, sink, None, auto_flush, auto_rotate, 0, False, 0.0)
+            self._setup(buffer_count, buffer_size, auto_flush, auto_rotate, 0, 0.0)
+            sink_init_fd(&self.ring.sink, sink, False)
         elif callable(sink):
-            self._setup(buffer_count, buffer_size, -1, sink, auto_flush, auto_rotate, 0, False, 0.0)
+            self._setup(buffer_count, buffer_size, auto_flush, auto_rotate, 0, 0.0)
+            sink_init_python(&self.ring.sink, sink, None, False, -1, False)
         else:
             raise TypeError(
                 f"sink must be an int file descriptor or a callable, not {type(sink).__name__}")
+        _register(self)
         if auto_flush:
             self._start_flusher()
 
-    cdef _setup(self, uint64_t count, uint64_t size, int fd, object sink,
-                bint auto_flush, bint auto_rotate, uint64_t start, bint fsync,
-                double interval):
+    cdef _setup(self, uint64_t count, uint64_t size, bint auto_flush, bint auto_rotate,
+                uint64_t start, double interval):
         if self.ring != NULL:
             raise RuntimeError("the ring is already initialised")
         cdef cb_ring *r = ring_new(count, size, start)
-        r.fd = fd
-        if sink is not None:
-            Py_INCREF(sink)
-            r.sink = <PyObject *>sink
         r.auto_flush = auto_flush
         r.auto_rotate = auto_rotate
-        r.fsync = fsync
         r.interval = interval
         self.ring = r
-        _live_rings.add(self)
 
     cdef _start_flusher(self):
-        with self._start_lock:
-            if (self._started or cb_load_relaxed(&self.ring.stop)
-                    or cb_load_relaxed(&self.ring.inline)):
-                return
-            self._started = True
-        cdef _RingHandle handle = _RingHandle.__new__(_RingHandle)
-        cb_fetch_add_relaxed(&self.ring.refs, 1)
-        handle.ring = self.ring
+        """Start the flusher unless one runs (it starts lazily, and again after
+        a fork).  Exactly one: ``running`` goes from 0 to 1 in one CAS, and
+        only the winner starts a thread.  No lock is held while Python code
+        runs, since a signal handler may write from inside it."""
+        cdef cb_ring *r = self.ring
+        cdef uint64_t idle = 0
+        cdef _RingHandle handle
+        if (not r.auto_flush or cb_load_relaxed(&r.stop)
+                or cb_load_relaxed(&r.inline) or cb_load_relaxed(&r.park)):
+            return
+        if not cb_cas_seq_cst(&r.running, &idle, 1):
+            return
+        handle = _RingHandle.__new__(_RingHandle)
+        cb_fetch_add_relaxed(&r.refs, 1)
+        handle.ring = r
         thread = threading.Thread(target=_flusher_main, args=(handle,),
                                   name="cbuffer-flusher", daemon=True)
-        thread.start()
-        self._flusher = thread
+        try:
+            thread.start()
+        except BaseException:
+            cb_store_release(&r.running, 0)
+            raise
+        with self._lock:
+            self._flusher = thread
+
+    cdef _stop_flusher(self, double timeout):
+        """Park the flusher and wait for it to leave (at most ``timeout``
+        seconds; < 0: as long as it takes, running signal handlers)."""
+        cdef cb_ring *r = self.ring
+        with self._lock:
+            thread = self._flusher
+        cb_store_release(&r.park, 1)
+        cb_event_notify(&r.work_ev)
+        if thread is None or thread is threading.current_thread():
+            return
+        give_up = time.monotonic() + timeout if timeout >= 0 else None
+        while thread.is_alive():
+            thread.join(SIGNAL_CHECK)
+            if give_up is not None and time.monotonic() >= give_up:
+                return
+            if give_up is None:
+                self._signals()
+        # join() returns when the Python thread is done; the OS thread still
+        # has a few instructions to run, and fork() counts OS threads.
+        task = f"/proc/self/task/{thread.native_id}"
+        for _ in range(400):
+            if not os.path.exists(task):
+                break
+            time.sleep(0.00025)
 
     def __dealloc__(self):
-        if self.ring != NULL:
-            # Dropped without close(): hand what is buffered to the sink (the
-            # flusher drains before it exits), then let go.
-            ring_seal_current(self.ring)
-            cb_store_release(&self.ring.stop, 1)
-            cb_event_notify(&self.ring.work_ev)
-            ring_decref(self.ring)
-            self.ring = NULL
+        cdef cb_ring *r = self.ring
+        cdef PyObject *raised = NULL
+        cdef double wait = EXIT_WAIT
+        if r == NULL:
+            return
+        # Dropped without close(): hand what is buffered to the sink.  The
+        # flusher drains before it exits; without one, do it here.
+        ring_seal_current(r)
+        if r.auto_flush and not cb_load_acquire(&r.running) and not cb_load_acquire(&r.error):
+            with nogil:
+                ring_flush_to(r, ring_position(r), wait, False, SYNC_NONE, &raised)
+            Py_XDECREF(raised)
+        cb_store_release(&r.stop, 1)
+        cb_event_notify(&r.work_ev)
+        ring_decref(r)
+        self.ring = NULL
 
     # -- appending
 
@@ -908,22 +1272,26 @@ cdef class BufferRing:
             return st
         if not wait:
             return st
-        if st == RING_WOULD_BLOCK and r.fd >= 0 and r.auto_flush:
+        if st == RING_WOULD_BLOCK and r.sink.fd >= 0 and cb_load_relaxed(&r.running):
             st = ring_append(r, src, n, pos, GIL_HELD_WAIT)
         while st == RING_WOULD_BLOCK:
             if ring_owned_by_me(r):
-                raise RuntimeError("reentrant write: the ring is full while this thread is "
-                                   "handing it to the sink (a signal handler writing?)")
-            # Wait without the GIL (a Python sink needs it) and look for
-            # signals now and then.  Reserve, copy and leave in one nogil
+                raise RuntimeError("reentrant write: the ring is full and this thread is inside "
+                                   "the sink's own write(), so it cannot wait for room")
+            if not cb_load_relaxed(&r.running):
+                self._start_flusher()
+            # Wait without the GIL (a Python sink needs it) and run signal
+            # handlers now and then.  Reserve, copy and leave in one nogil
             # block: a writer counted in a buffer must never wait for the
-            # GIL, or that buffer cannot be dispatched.
+            # GIL, or that buffer cannot be dispatched.  With no flusher (at
+            # exit) the waiter dispatches.
             with nogil:
-                if cb_load_acquire(&r.inline):
-                    ring_dispatch_until(r, cb_load_acquire(&r.flushed) + 1, SIGNAL_CHECK)
+                if r.auto_flush and (cb_load_acquire(&r.inline)
+                                     or not cb_load_acquire(&r.running)):
+                    ring_wait_flushed(r, cb_load_acquire(&r.flushed) + 1, SIGNAL_CHECK)
                 st = ring_append(r, src, n, pos, SIGNAL_CHECK)
             if st == RING_WOULD_BLOCK:
-                PyErr_CheckSignals()
+                self._signals()
         return st
 
     cdef int _raise_status(self, int st, Py_ssize_t n) except -1:
@@ -934,6 +1302,7 @@ cdef class BufferRing:
             raise BufferFull(f"{n} bytes do not fit in the current buffer; rotate() first")
         if st == RING_ERROR:
             self._raise_error()
+            return 1  # cleared meanwhile: nothing was taken, try again
         if st == RING_SHUT:
             raise ValueError("write to closed file")
         raise RuntimeError(f"unexpected ring status {st}")
@@ -951,9 +1320,13 @@ cdef class BufferRing:
         self._check_open()
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
+            if view.len == 0:
+                return ring_position(self.ring)
+            if not cb_load_relaxed(&self.ring.running) and self.ring.auto_flush:
+                self._start_flusher()
             st = self._put_small(<const char *>view.buf, view.len, &pos, True)
-            if st != RING_OK:
-                self._raise_status(st, view.len)
+            while st != RING_OK and self._raise_status(st, view.len):
+                st = self._put_small(<const char *>view.buf, view.len, &pos, True)
         finally:
             PyBuffer_Release(&view)
         return pos
@@ -964,36 +1337,74 @@ cdef class BufferRing:
 
     # -- flushing
 
-    cdef int _flush(self) except -1:
+    cdef int _flush_to(self, uint64_t target, bint partial, int sync) except -1:
+        """Dispatch on this thread until the sink has everything before
+        ``target``; raises the sticky error, or what a signal handler raised."""
         cdef cb_ring *r = self.ring
-        cdef uint64_t target
+        cdef PyObject *raised = NULL
         cdef int st
-        if cb_load_acquire(&r.error):
-            return self._raise_error()
-        with nogil:
-            target = ring_seal_current(r)
-        if ring_owned_by_me(r):
-            # A signal handler inside this thread's own dispatch: what it
-            # sealed is dispatched once the interrupted call returns.
-            cb_event_notify(&r.work_ev)
-            return 0
-        if r.auto_flush:
-            self._start_flusher()
-            cb_event_notify(&r.work_ev)
-        while True:
-            with nogil:
-                st = ring_await(r, target, SIGNAL_CHECK)
-            if st == RING_OK:
-                return 0
-            if st == RING_ERROR:
-                return self._raise_error()
+        try:
+            while True:
+                with nogil:
+                    st = ring_flush_to(r, target, SIGNAL_CHECK, partial, sync, &raised)
+                if st == RING_OK or st == RING_OWNED:
+                    # OWNED: a signal handler inside this thread's own sink
+                    # call; what it wrote goes once that call returns.
+                    return 0
+                if st == RING_ERROR:
+                    self._raise_error()
+                    continue  # cleared meanwhile: go on flushing
+                if raised != NULL:
+                    return self._raise_raised(raised)
+                self._signals()
+        finally:
+            if self._close_deferred and not ring_owned_by_me(r):
+                self._finish_deferred_close()
+
+    cdef int _signals(self) except -1:
+        """Run signal handlers; what one raises is remembered, so close()
+        can tell an interruption (it stops, resumable) from a failed flush
+        (it goes on to close raw)."""
+        try:
             PyErr_CheckSignals()
+        except BaseException as exc:
+            self._signal_exc = exc
+            raise
+        return 0
+
+    def _interrupted_by(self, exc):
+        return exc is self._signal_exc
+
+    cdef int _raise_raised(self, PyObject *raised) except -1:
+        exc = <object>raised
+        Py_XDECREF(raised)
+        self._signal_exc = exc
+        raise exc
+
+    def _finish_deferred_close(self):
+        with self._lock:
+            if not self._close_deferred or self._close_owner:
+                return
+            self._close_deferred = False
+            self._close_owner = PyThread_get_thread_ident()
+        try:
+            self._close_steps(True)
+        finally:
+            with self._lock:
+                self._close_owner = 0
 
     def flush(self):
         """Seal the current buffer if it holds data, wait for its writers, and
-        return once every sealed buffer has been handed to the sink."""
+        return once every sealed buffer has been handed to the sink (this
+        thread hands them over itself when nobody else is doing it)."""
         self._check_open()
-        self._flush()
+        cdef cb_ring *r = self.ring
+        cdef uint64_t target = ring_position(r)
+        if cb_load_acquire(&r.error):
+            self._raise_error()
+        with nogil:
+            ring_seal_current(r)
+        self._flush_to(target, False, SYNC_OS)
 
     def rotate(self):
         """Seal the current buffer (if it holds data) and move on to the next;
@@ -1002,26 +1413,84 @@ cdef class BufferRing:
         with nogil:
             ring_seal_current(self.ring)
 
-    def _exit_flush(self):
-        # At exit and before fork(); auto_flush=False rings wait for flush().
-        if self.ring != NULL and self.ring.auto_flush and not self.closed:
-            self.flush()
+    def _exit_flush(self, double timeout=EXIT_WAIT):
+        """At exit, before fork() and at the end of a multiprocessing worker:
+        what is accepted goes to the sink, waiting at most ``timeout``
+        seconds for it (auto_flush=False rings wait for flush())."""
+        cdef cb_ring *r = self.ring
+        cdef PyObject *raised = NULL
+        cdef int st
+        if r == NULL:
+            return
+        if self._close_deferred:
+            self._finish_deferred_close()
+            return
+        if not r.auto_flush or self._close_state == 2 or cb_load_acquire(&r.error):
+            return
+        cdef uint64_t target = ring_position(r)
+        give_up = time.monotonic() + timeout
+        while True:
+            with nogil:
+                st = ring_flush_to(r, target, SIGNAL_CHECK, True, SYNC_RAW, &raised)
+            if raised != NULL:
+                self._raise_raised(raised)
+            if st != RING_WOULD_BLOCK and st != RING_INTR:
+                return
+            if time.monotonic() >= give_up:
+                return
+            self._signals()
 
     def _stop_python_flusher(self):
         """At exit: a flusher calling a Python sink would need the GIL while
         the interpreter finalizes, so stop it; writes made from here on are
         dispatched by the threads that wait for them."""
         cdef cb_ring *r = self.ring
-        if r == NULL or r.sink == NULL:
+        if r == NULL or r.sink.fd >= 0:
             return
         cb_store_release(&r.inline, 1)
-        cb_event_notify(&r.work_ev)
-        if self._flusher is not None and self._flusher is not threading.current_thread():
-            self._flusher.join()
+        self._stop_flusher(EXIT_WAIT)
 
-    def _after_fork(self):
+    def _before_fork(self):
+        """No flusher thread may be alive across fork(), and no thread may be
+        inside the sink (a Python raw's own buffer would reach the child
+        half-written): park the flusher, take the dispatch lock, hand over
+        what is accepted, and hold the lock through the fork.  Every wait is
+        bounded, so a stalled sink delays fork() but cannot hang it."""
+        cdef cb_ring *r = self.ring
+        cdef PyObject *raised = NULL
+        cdef double wait = EXIT_WAIT
+        cdef uint64_t target
+        cdef bint locked
+        if r == NULL or self._close_state == 2:
+            return
+        self._stop_flusher(EXIT_WAIT)
+        with nogil:
+            locked = ring_lock_dispatch(r, wait)
+        if not locked:
+            return
+        self._fork_locked = True
+        if r.auto_flush and not cb_load_acquire(&r.error):
+            target = ring_position(r)
+            with nogil:
+                ring_drain_locked(r, target, wait, &raised)
+            Py_XDECREF(raised)
+
+    def _after_fork_in_parent(self):
+        cdef cb_ring *r = self.ring
+        if r == NULL:
+            return
+        if self._fork_locked:
+            self._fork_locked = False
+            cb_mutex_unlock(&r.dispatch_mu)
+        cb_store_release(&r.park, 0)
+        # A flusher that never left (a stalled sink) just goes on; else one
+        # starts with the next write, or now if full buffers wait for it.
+        if cb_load_acquire(&r.flushed) < cb_load_acquire(&r.current):
+            self._start_flusher()
+
+    def _after_fork_in_child(self):
         """In a forked child: an empty ring (the parent owns what was
-        pending) and a flusher of its own."""
+        pending), no flusher until one is needed."""
         cdef cb_ring *r = self.ring
         if r == NULL:
             return
@@ -1031,30 +1500,33 @@ cdef class BufferRing:
         cb_mutex_init(&r.dispatch_mu)
         cb_mutex_init(&r.exc_mu)
         closing = cb_load_relaxed(&r.closing)
+        # The sticky error belongs to the parent's queued bytes, not the child's.
+        Py_XDECREF(r.exc)
+        r.exc = NULL
         ring_reset(r, cb_load_relaxed(&r.written))
+        cb_store_relaxed(&r.sink.owner, 0)
         self._flusher = None
-        self._started = False
+        self._fork_locked = False
+        self._close_owner = 0
         if closing:
             with nogil:
                 ring_shut(r)
             cb_store_release(&r.stop, 1)
-        elif r.auto_flush:
-            self._start_flusher()
 
     # -- errors
 
     cdef int _raise_error(self) except -1:
         cdef cb_ring *r = self.ring
-        cdef uint64_t err = cb_load_acquire(&r.error)
+        cdef uint64_t err
         cdef object exc = None
-        if err == CB_PY_ERROR:
-            cb_mutex_lock(&r.exc_mu)
-            if r.exc != NULL:
-                exc = <object>r.exc
-            cb_mutex_unlock(&r.exc_mu)
-            if exc is not None:
-                raise exc
-        elif err:
+        cb_mutex_lock(&r.exc_mu)
+        err = cb_load_acquire(&r.error)
+        if err == CB_PY_ERROR and r.exc != NULL:
+            exc = <object>r.exc
+        cb_mutex_unlock(&r.exc_mu)
+        if exc is not None:
+            raise _fresh(exc)
+        if err:
             raise OSError(<int>err, os.strerror(<int>err))
         return 0
 
@@ -1072,6 +1544,7 @@ cdef class BufferRing:
         Py_XDECREF(old)
         cb_event_notify(&r.work_ev)
         cb_event_notify(&r.space_ev)
+        cb_event_notify(&r.done_ev)
 
     @property
     def error(self):
@@ -1084,42 +1557,93 @@ cdef class BufferRing:
 
     # -- closing
 
+    def _begin_close(self):
+        """Claim the close: True when this call must run it; False when it is
+        done (after waiting for a close running on another thread) or when
+        this thread is already inside close() (a signal handler)."""
+        cdef unsigned long me = PyThread_get_thread_ident()
+        while True:
+            with self._lock:
+                if self.ring == NULL or self._close_state == 2:
+                    return False
+                if self._close_state == 1 and self._close_owner == me:
+                    return False
+                if self._close_state == 0 or self._close_owner == 0:
+                    self._close_state = 1
+                    self._close_owner = me
+                    return True
+            # Another thread is closing: return only once it has finished.
+            time.sleep(0.005)
+
+    def _end_close(self):
+        with self._lock:
+            self._close_owner = 0
+
+    def _close_ring(self):
+        """Shut the ring, hand everything to the sink, stop the flusher.
+        Returns (done, error): done is False when the rest must wait (this
+        thread is inside the sink's own call); error tells a sticky error
+        stopped the drain."""
+        cdef cb_ring *r = self.ring
+        cdef PyObject *raised = NULL
+        cdef int st
+        with nogil:
+            ring_shut(r)
+        if ring_owned_by_me(r):
+            with self._lock:
+                self._close_deferred = True
+            return False, False
+        # Closed by a finalizer at exit: daemon threads may have been stopped
+        # holding buffers, so wait a bounded time.
+        give_up = time.monotonic() + EXIT_WAIT if sys.is_finalizing() else None
+        cdef uint64_t target = ring_position(r)
+        error = False
+        while True:
+            with nogil:
+                st = ring_flush_to(r, target, SIGNAL_CHECK, False, SYNC_NONE, &raised)
+            if raised != NULL:
+                self._raise_raised(raised)
+            if st == RING_OK:
+                break
+            if st == RING_ERROR:
+                error = True
+                break
+            if st == RING_OWNED:
+                with self._lock:
+                    self._close_deferred = True
+                return False, False
+            if give_up is not None and time.monotonic() > give_up:
+                break
+            self._signals()
+        cb_store_release(&r.stop, 1)
+        cb_event_notify(&r.work_ev)
+        self._stop_flusher(EXIT_WAIT if give_up is not None else -1.0)
+        _unregister(self)
+        return True, error
+
+    def _mark_closed(self):
+        with self._lock:
+            self._close_state = 2
+
+    def _close_steps(self, bint raise_sticky):
+        """The whole close after _begin_close(); False if deferred."""
+        done, error = self._close_ring()
+        if not done:
+            return False
+        self._mark_closed()
+        if error and raise_sticky:
+            self._raise_error()
+        return True
+
     def close(self):
         """Flush, stop the flusher and refuse further appends.  Idempotent;
         raises the sticky error if one is set (the ring is closed anyway)."""
-        cdef cb_ring *r = self.ring
-        cdef int st
-        if r == NULL or cb_load_acquire(&r.stop):
+        if not self._begin_close():
             return
-        if ring_owned_by_me(r):
-            raise RuntimeError("reentrant close: this thread is handing the ring to the sink "
-                               "(a signal handler closing it?)")
-        with nogil:
-            ring_shut(r)
-        if self._flusher is None:
-            cb_store_release(&r.inline, 1)  # never started: nothing to wait for
-        # Closed by a finalizer at exit: daemon threads may have been stopped
-        # holding buffers or the dispatch mutex, so wait a bounded time.
-        give_up = time.monotonic() + EXIT_WAIT if sys.is_finalizing() else None
         try:
-            while True:
-                cb_event_notify(&r.work_ev)
-                with nogil:
-                    st = ring_await(r, cb_load_acquire(&r.current), SIGNAL_CHECK)
-                if st == RING_OK:
-                    break
-                if st == RING_ERROR:
-                    self._raise_error()
-                if give_up is not None and time.monotonic() > give_up:
-                    break
-                PyErr_CheckSignals()
+            self._close_steps(True)
         finally:
-            cb_store_release(&r.stop, 1)
-            cb_event_notify(&r.work_ev)
-            if (self._flusher is not None and self._flusher is not threading.current_thread()
-                    and not sys.is_finalizing()):
-                self._flusher.join()
-            _live_rings.discard(self)
+            self._end_close()
 
     @property
     def closed(self):
@@ -1161,13 +1685,8 @@ cdef class BufferRing:
 
     def tell(self):
         """Stream position of the next byte appended (after everything
-        appended so far)."""
-        cdef cb_ring *r = self.ring
-        cdef uint64_t c = cb_load_acquire(&r.current)
-        cdef cb_slot *slot = slot_of(r, c)
-        if cb_load_acquire(&slot.gen) == c:
-            return slot.base + state_offset(cb_load_acquire(&slot.state))
-        return r.open_base
+        appended so far).  Never goes backwards."""
+        return ring_position(self.ring)
 
     def stats(self):
         """Counters: bytes_written (to the sink), writes, flushes (buffers
@@ -1179,10 +1698,10 @@ cdef class BufferRing:
             live += cb_load_relaxed(&r.slots[i].appends)
         cap = cb_load_relaxed(&r.st_capacity)
         return {
-            "bytes_written": cb_load_relaxed(&r.st_bytes_written),
+            "bytes_written": cb_load_relaxed(&r.sink.written),
             "writes": cb_load_relaxed(&r.st_writes) + live,
             "flushes": cb_load_relaxed(&r.st_flushes),
-            "syscalls": cb_load_relaxed(&r.st_syscalls),
+            "syscalls": cb_load_relaxed(&r.sink.syscalls),
             "ring_full_waits": cb_load_relaxed(&r.st_full_waits),
             "reservation_retries": cb_load_relaxed(&r.st_retries),
             "utilization": (cb_load_relaxed(&r.st_used) / cap) if cap else 1.0,

@@ -60,7 +60,9 @@ cdef extern from "_event.h" nogil:
     unsigned cb_event_key(cb_event *e)
     void cb_event_notify(cb_event *e)
     bint cb_event_wait(cb_event *e, unsigned key, double timeout)
+    bint cb_event_waiting(cb_event *e)
     bint cb_backoff(unsigned *round)
+    void cb_backoff_wait(unsigned *round)
     double cb_monotonic()
     ctypedef struct cb_mutex:
         pass

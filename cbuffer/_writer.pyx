@@ -7,36 +7,43 @@ into compiled code: check closed, reserve with one CAS, memcpy, leave.  The
 GIL is kept for small copies (releasing it costs more than the copy) and
 released for large ones and for every wait.
 
+``flush()`` runs on the caller's thread: it writes the finished bytes of the
+open buffer (and any sealed ones) to the sink itself, with the GIL released
+around the system call, or joins a dispatch already under way.
+
 Writes larger than a buffer are not copied: they seal the open buffer with
-the caller's bytes hung on as its tail, and the writer waits (without the
-GIL) until the flusher handed them to the sink, as io.BufferedWriter does for
-its direct writes.
+the caller's bytes hung on as its tail, and the writer hands them to the sink
+itself before it returns, as io.BufferedWriter does for its direct writes.
 """
-cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SIZE
-from cpython.exc cimport PyErr_CheckSignals
+from cpython.object cimport PyObject
 from libc.stdint cimport uint64_t
-from libc.string cimport memchr
+from libc.stdlib cimport free, malloc
+from libc.string cimport memchr, memcpy
 
 from cbuffer._ring cimport (
-    SIGNAL_CHECK, BufferRing, RING_ERROR, RING_OK, RING_WOULD_BLOCK, cb_ring,
-    ring_detach_tail, ring_direct, ring_await, ring_lock_dispatch, ring_owned_by_me,
+    RING_ERROR, RING_OK, RING_OWNED, RING_WOULD_BLOCK, SIGNAL_CHECK, SYNC_NONE, SYNC_RAW,
+    BufferRing, cb_ring, ring_detach_tail, ring_direct, ring_flush_to, ring_owned_by_me,
+    ring_position,
 )
-from cbuffer._state cimport cb_mutex_unlock, cb_store_relaxed
-
-
-cdef extern from "Python.h":
-    unsigned long PyThread_get_thread_ident() nogil
+from cbuffer._sink cimport sink_init_fd, sink_init_python
+from cbuffer._state cimport cb_load_acquire, cb_load_relaxed
 
 import errno
+import fcntl
 import io
 import os
 import socket
 import stat
 import sys
+import time
 
-from cbuffer._ring import EXIT_WAIT, _check_geometry
+from cbuffer._ring import _check_geometry, _register
+
+
+cdef extern from "Python.h":
+    unsigned long PyThread_get_thread_ident()
 
 
 cdef object _closed_error():
@@ -45,21 +52,35 @@ cdef object _closed_error():
 
 def _start_position(raw, int fd):
     """Where the sink's first byte lands: the fd's offset (its end when it
-    appends), raw.tell() for a seekable object, else 0."""
+    appends), raw.tell() for a seekable object, else 0 (a raw that reports a
+    negative position is treated as unseekable)."""
+    pos = 0
     if fd >= 0:
         try:
-            import fcntl
             if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:
-                return os.lseek(fd, 0, os.SEEK_END)
-            return os.lseek(fd, 0, os.SEEK_CUR)
+                pos = os.lseek(fd, 0, os.SEEK_END)
+            else:
+                pos = os.lseek(fd, 0, os.SEEK_CUR)
         except OSError:
             return 0  # pipes and sockets do not seek
+    else:
+        try:
+            if raw.seekable():
+                pos = raw.tell()
+        except (AttributeError, OSError, ValueError):
+            return 0
+    if not isinstance(pos, int) or pos < 0 or pos >= 1 << 63:
+        return 0
+    return pos
+
+
+def _poll_fd(raw):
+    """The fd to wait on when a Python raw would block, or -1."""
     try:
-        if raw.seekable():
-            return raw.tell()
+        fd = raw.fileno()
     except (AttributeError, OSError, ValueError):
-        pass
-    return 0
+        return -1
+    return fd if isinstance(fd, int) and fd >= 0 else -1
 
 
 cdef class WriterCore(BufferRing):
@@ -71,9 +92,6 @@ cdef class WriterCore(BufferRing):
     cdef readonly bint line_buffering
     cdef readonly bint fsync
     cdef readonly object flush_interval
-    cdef bint _closed               # close() has begun: writes raise
-    cdef bint _close_done           # close() has finished
-    cdef cython.pymutex _close_lock
 
     def __init__(self, raw, buffer_size, buffer_count=4, flush_interval=None,
                  line_buffering=False, fsync=False, auto_flush=True, closefd=True):
@@ -91,7 +109,7 @@ cdef class WriterCore(BufferRing):
             interval = float(flush_interval)
 
         cdef int fd = -1
-        sink = None
+        write = None
         if isinstance(raw, bool):
             raise TypeError("raw must be a file descriptor, a file, a socket or an object "
                             "with a write() method, not bool")
@@ -107,79 +125,125 @@ cdef class WriterCore(BufferRing):
         elif callable(getattr(raw, "write", None)):
             if getattr(raw, "closed", False) is True:
                 raise ValueError("raw is closed")
-            sink = raw.write
+            write = raw.write
         else:
             raise TypeError(
                 "raw must be a file descriptor, a file, a socket or an object with a "
                 f"write() method, not {type(raw).__name__}")
 
-        sync = False
-        if fsync and fd >= 0:
-            sync = stat.S_ISREG(os.fstat(fd).st_mode)  # pipes and sockets: no-op
-        self._setup(buffer_count, buffer_size, fd, sink, bool(auto_flush), True,
-                    _start_position(raw, fd), sync, interval)
+        start = _start_position(raw, fd)
+        self._setup(buffer_count, buffer_size, bool(auto_flush), True, start, interval)
+        if fd >= 0:
+            # fsync is for regular files; on pipes and sockets it is a no-op.
+            sink_init_fd(&self.ring.sink, fd, bool(fsync) and stat.S_ISREG(os.fstat(fd).st_mode))
+        else:
+            sink_init_python(&self.ring.sink, write, raw, isinstance(raw, io.RawIOBase),
+                             _poll_fd(raw), bool(fsync))
         self.raw = raw
         self.fd = fd
         self.closefd = bool(closefd)
         self.line_buffering = bool(line_buffering)
         self.fsync = bool(fsync)
         self.flush_interval = flush_interval
-        self._closed = False
-        self._close_done = False
+        _register(self)
 
     # -- the write path
 
     cdef int _put(self, const char *src, Py_ssize_t n, uint64_t *pos) except -1:
         cdef cb_ring *r = self.ring
         cdef int st
-        if self._closed:
-            raise _closed_error()
-        if not self._started and r.auto_flush:
+        if self._close_state:
+            self._closing_write()
+        if n == 0:
+            return 0  # nothing to take, nothing to wait for
+        if not cb_load_relaxed(&r.running) and r.auto_flush:
             self._start_flusher()
         if <uint64_t>n > r.size:
             return self._put_direct(src, n, pos)
-        st = self._put_small(src, n, pos, r.auto_flush)
-        if st == RING_OK:
-            return 0
-        if st == RING_WOULD_BLOCK:
-            raise BlockingIOError(errno.EAGAIN, "every buffer is sealed and waiting "
-                                  "for flush() (auto_flush=False)", 0)
-        return self._raise_status(st, n)
+        while True:
+            st = self._put_small(src, n, pos, r.auto_flush)
+            if st == RING_OK:
+                return 0
+            if st == RING_WOULD_BLOCK:
+                raise BlockingIOError(errno.EAGAIN, "every buffer is sealed and waiting "
+                                      "for flush() (auto_flush=False)", 0)
+            if not self._raise_status(st, n):
+                return 0
+
+    cdef int _closing_write(self) except -1:
+        """A write once close() has begun: the closing thread itself may
+        still write (its flush(), a signal handler); any other waits for the
+        close to finish and gets ValueError, as with io.BufferedWriter."""
+        cdef unsigned long me = PyThread_get_thread_ident()
+        while self._close_state == 1:
+            if self._close_owner == me:
+                return 0
+            if self._close_owner == 0:
+                break  # interrupted or deferred: nobody to wait for
+            time.sleep(0.001)
+        raise _closed_error()
 
     cdef int _put_direct(self, const char *src, Py_ssize_t n, uint64_t *pos) except -1:
-        """A write larger than a buffer: handed over without a copy, in order."""
+        """A write larger than a buffer: handed over without a copy, in order,
+        by this thread; if it must leave early its bytes get a copy and stay
+        queued."""
         cdef cb_ring *r = self.ring
-        cdef uint64_t gen = 0
+        cdef uint64_t gen = 0, target
+        cdef PyObject *raised = NULL
         cdef int st
+        cdef bint own = r.sink.fd >= 0
+        cdef char *copy = NULL
         if not r.auto_flush:
             raise BlockingIOError(errno.EAGAIN, f"a write of {n} bytes is larger than a "
                                   "buffer and cannot be held until flush() (auto_flush=False)", 0)
+        if not own:
+            # A Python raw is called by the flusher thread only: it gets a
+            # copy, so this thread may leave (a signal) while it is in flight.
+            copy = <char *>malloc(n)
+            if copy == NULL:
+                raise MemoryError(f"cannot copy a write of {n} bytes")
+            memcpy(copy, src, n)
+            src = copy
         while True:
             with nogil:
-                st = ring_direct(r, src, n, pos, &gen, SIGNAL_CHECK)
+                st = ring_direct(r, src, n, pos, &gen, own, SIGNAL_CHECK)
+            if st == RING_ERROR:
+                try:
+                    self._raise_error()
+                except BaseException:
+                    free(copy)
+                    raise
+                continue  # cleared meanwhile: nothing was taken, try again
             if st != RING_WOULD_BLOCK:
                 break
             if ring_owned_by_me(r):
-                raise RuntimeError("reentrant write: the ring is full while this thread is "
-                                   "handing it to the sink (a signal handler writing?)")
-            PyErr_CheckSignals()
+                free(copy)
+                raise RuntimeError("reentrant write: the ring is full and this thread is inside "
+                                   "the sink's own write(), so it cannot wait for room")
+            if not cb_load_relaxed(&r.running):
+                self._start_flusher()
+            try:
+                self._signals()
+            except BaseException:
+                free(copy)
+                raise
         if st != RING_OK:
+            free(copy)
             return self._raise_status(st, n)
-        # The bytes are accepted; stay until the sink has them, since they are
-        # the caller's.  If we must leave early they get a copy of their own.
+        # Accepted.  Hand it over; leaving any other way gives it a copy.
+        target = pos[0] + <uint64_t>n
         try:
-            while not ring_owned_by_me(r):  # (else it cannot be dispatched before we return)
+            while True:
                 with nogil:
-                    st = ring_await(r, gen + 1, SIGNAL_CHECK)
-                if st == RING_OK:
-                    return 0
-                if st == RING_ERROR:
-                    break  # stays queued; the next call raises the error
-                PyErr_CheckSignals()
-        except BaseException:
-            self._detach(gen)
-            raise
-        self._detach(gen)
+                    st = ring_flush_to(r, target, SIGNAL_CHECK, False, SYNC_NONE, &raised)
+                if st == RING_OK or st == RING_ERROR or st == RING_OWNED:
+                    break  # ERROR: stays queued, the next call raises it
+                if raised != NULL:
+                    self._raise_raised(raised)
+                self._signals()
+        finally:
+            if st != RING_OK and own:
+                self._detach(gen)
         return 0
 
     cdef int _detach(self, uint64_t gen) except -1:
@@ -224,6 +288,10 @@ cdef class WriterCore(BufferRing):
         cdef uint64_t pos = 0
         PyObject_GetBuffer(b, &view, PyBUF_SIMPLE)
         try:
+            if view.len == 0:
+                if self._close_state == 2:
+                    raise _closed_error()
+                return ring_position(self.ring)
             self._put(<const char *>view.buf, view.len, &pos)
             if self.line_buffering and memchr(view.buf, 10, view.len) != NULL:
                 self._flush_all()
@@ -234,84 +302,100 @@ cdef class WriterCore(BufferRing):
     # -- flushing
 
     cdef int _flush_all(self) except -1:
-        if self._closed:
+        if self._close_state == 2:
             raise ValueError("flush of closed file")
-        self._flush()
-        self._flush_raw()
-        return 0
-
-    cdef int _flush_raw(self) except -1:
-        """Push a Python raw's own buffer on (and fsync it when asked), under
-        the dispatch mutex so it never runs beside the flusher's raw.write."""
-        if self.fd >= 0 or self.ring.sink == NULL:
-            return 0
-        if ring_owned_by_me(self.ring):
-            return 0  # a signal handler that interrupted this thread's dispatch
-        cdef double max_wait = EXIT_WAIT if sys.is_finalizing() else -1.0
-        cdef bint locked
-        with nogil:
-            locked = ring_lock_dispatch(self.ring, max_wait)
-        if not locked:
-            return 0  # at exit, held by a daemon thread the interpreter stopped
-        cb_store_relaxed(&self.ring.py_owner, PyThread_get_thread_ident())
-        try:
-            flush = getattr(self.raw, "flush", None)
-            if flush is not None:
-                flush()
-            if self.fsync:
-                try:
-                    fileno = self.raw.fileno()
-                except (AttributeError, OSError, ValueError):
-                    fileno = -1
-                if fileno >= 0 and stat.S_ISREG(os.fstat(fileno).st_mode):
-                    os.fsync(fileno)
-        finally:
-            cb_store_relaxed(&self.ring.py_owner, 0)
-            cb_mutex_unlock(&self.ring.dispatch_mu)
-        return 0
+        if cb_load_acquire(&self.ring.error):
+            self._raise_error()
+        return self._flush_to(ring_position(self.ring), True, SYNC_RAW)
 
     def flush(self):
         """Hand every write that returned before this call to the sink (and
-        fsync it with ``fsync=True``); raise the sticky error if one is set."""
+        fsync it with ``fsync=True``; call a Python raw's ``flush()``); raise
+        the sticky error if one is set."""
         self._flush_all()
 
     # -- closing
 
-    def close(self):
-        """Flush, stop the flusher and close raw (unless closefd=False).
-        Idempotent.  Raises the sticky error, if any, after closing raw."""
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
-        flush_error = None
+    def _close_steps(self, bint raise_sticky):
+        """Shut and drain the ring, stop the flusher, close raw (unless
+        closefd=False), then raise: the close error chained to the drain's
+        sticky error, or that error alone."""
+        drain_error = None
         try:
+            done, error = self._close_ring()
+        except Exception as exc:  # not KeyboardInterrupt: close() stays resumable
+            done, error, drain_error = True, False, exc
+        if not done:
+            return False  # inside the sink's own call: finished when it returns
+        if error and raise_sticky:
             try:
-                BufferRing.close(self)
-            finally:
-                self._flush_raw()
-        except BaseException as exc:
-            flush_error = exc
+                self._raise_error()
+            except Exception as exc:
+                drain_error = exc
         try:
-            if self.closefd:
-                if isinstance(self.raw, int):
-                    os.close(self.raw)
-                else:
-                    self.raw.close()
+            self._close_raw()
         except BaseException as exc:
-            if flush_error is not None:
+            # Not closed, as with io: close() may be called again to retry.
+            if drain_error is not None and exc.__context__ is None:
+                exc.__context__ = drain_error
+            raise
+        self._mark_closed()
+        if drain_error is not None:
+            raise drain_error
+        return True
+
+    def _close_raw(self):
+        if not self.closefd:
+            return
+        if sys.is_finalizing() and cb_load_acquire(&self.ring.running):
+            return  # the flusher may still be writing to it: the OS closes it at exit
+        if isinstance(self.raw, int):
+            os.close(self.raw)
+            return
+        close = getattr(self.raw, "close", None)
+        if close is not None:
+            close()
+
+    def _finish_close(self, flush_error):
+        """The rest of ConcurrentBufferedWriter.close() after its flush()."""
+        try:
+            self._close_steps(flush_error is None)
+        except BaseException as exc:
+            if flush_error is not None and exc is not flush_error and exc.__context__ is None:
                 exc.__context__ = flush_error
             raise
-        finally:
-            self._close_done = True
         if flush_error is not None:
             raise flush_error
 
+    def close(self):
+        """Flush, stop the flusher and close raw (unless closefd=False).
+        Idempotent.  Raises the sticky error, if any, after closing raw."""
+        if not self._begin_close():
+            return
+        try:
+            flush_error = None
+            try:
+                self._flush_all()
+            except Exception as exc:
+                if self._interrupted_by(exc):
+                    raise  # a signal handler's: close() stays resumable, as with Ctrl-C
+                flush_error = exc
+            self._finish_close(flush_error)
+        finally:
+            self._end_close()
+
     @property
     def closed(self):
-        return self._closed
+        if self._close_state == 2:
+            return True
+        raw = self.raw
+        return not isinstance(raw, int) and getattr(raw, "closed", False) is True
+
+    @property
+    def closing(self):
+        return self._close_state != 0
 
     def tell(self):
-        if self._closed:
+        if self._close_state == 2:
             raise ValueError("I/O operation on closed file.")
-        return BufferRing.tell(self)
+        return ring_position(self.ring)

@@ -3,11 +3,14 @@ cbuffer.open().
 
 The class is thin Python glue over the compiled WriterCore: ``write`` and
 ``append`` are bound straight to the core's compiled methods on each
-instance, so the per-write cost is one call into C, as for
-io.BufferedWriter.
+instance (unless a subclass overrides them), so the per-write cost is one
+call into C, as for io.BufferedWriter.
 """
 import io
 import os
+import sys
+import warnings
+import weakref
 
 from cbuffer._writer import WriterCore
 
@@ -51,83 +54,140 @@ class ConcurrentBufferedWriter(io.RawIOBase):
     def __init__(self, raw, buffer_size=DEFAULT_BUFFER_SIZE, *, buffer_count=4,
                  flush_interval=None, line_buffering=False, fsync=False,
                  auto_flush=True, closefd=True):
+        if self._core is not None:
+            # Initialised again: until that succeeds the object is unusable,
+            # as io's are (the old core flushes when it is dropped).
+            self.__dict__.pop("write", None)
+            self.__dict__.pop("append", None)
+            self._core = None
         core = WriterCore(raw, buffer_size, buffer_count, flush_interval,
                           line_buffering, fsync, auto_flush, closefd)
         self._core = core
-        # The hot path: the compiled methods themselves, no Python frame.
-        self.write = core.write
-        self.append = core.append
+        # The hot path: the compiled methods themselves, no Python frame --
+        # unless a subclass overrides them, as io classes honour overrides.
+        cls = type(self)
+        if cls.write is ConcurrentBufferedWriter.write:
+            self.write = core.write
+        if cls.append is ConcurrentBufferedWriter.append:
+            self.append = core.append
 
-    # Reached only through the class (ConcurrentBufferedWriter.write(w, b));
-    # instances use the bound compiled methods set in __init__.
+    def _c(self):
+        core = self._core
+        if core is None:
+            raise ValueError("I/O operation on uninitialized object")
+        return core
+
     def write(self, b):
         """Write ``b`` (a contiguous bytes-like object); returns its length."""
-        return self._core.write(b)
+        return self._c().write(b)
 
     def append(self, b):
         """Write ``b``; returns the absolute sink position of its first byte."""
-        return self._core.append(b)
+        return self._c().append(b)
 
     def flush(self):
         """Every write that returned before this call reaches the sink (and
         is fsynced with ``fsync=True``) before it returns."""
-        self._core.flush()
+        self._c().flush()
 
     def close(self):
-        """Flush, stop the flusher and close ``raw`` unless ``closefd=False``.
+        """Flush (through ``self.flush()``), stop the flusher and close
+        ``raw`` unless ``closefd=False``, even when the flush failed.
         Idempotent; safe while other threads write (each such write lands
-        whole or raises ValueError)."""
-        if self._core is not None:
-            self._core.close()
+        whole or raises ValueError); a close racing another returns when that
+        one has finished."""
+        core = self._core
+        if core is None or not core._begin_close():
+            return
+        try:
+            flush_error = None
+            try:
+                self.flush()
+            except Exception as exc:
+                if core._interrupted_by(exc):
+                    raise  # a signal handler's: close() stays resumable, as with Ctrl-C
+                flush_error = exc
+            core._finish_close(flush_error)
+        finally:
+            core._end_close()
+
+    def __del__(self):
+        core = self._core
+        if core is None or core.closed:
+            return
+        try:
+            # As io: a dropped writer that owns an OS file says so, or lets
+            # a raw that owns one say it (io's _dealloc_warn protocol).
+            if core.fd >= 0 and core.closefd:
+                warnings.warn(f"unclosed writer {self!r}", ResourceWarning, stacklevel=2,
+                              source=self)
+            elif core.closefd:
+                dealloc_warn = getattr(core.raw, "_dealloc_warn", None)
+                if dealloc_warn is not None:
+                    dealloc_warn(self)
+        finally:
+            try:
+                self.close()
+            except Exception:
+                if sys.flags.dev_mode:  # as io: silent unless in development mode
+                    raise
 
     @property
     def closed(self):
-        return self._core is None or self._core.closed
+        return self._c().closed
 
     def clear_error(self):
         """Forget the sticky sink error; queued bytes are retried in order."""
-        self._core.clear_error()
+        self._c().clear_error()
 
     def stats(self):
         """A dict: bytes_written, writes, flushes, syscalls, ring_full_waits,
         reservation_retries, utilization."""
-        return self._core.stats()
+        return self._c().stats()
 
     @property
     def raw(self):
-        return self._core.raw
+        return self._c().raw
 
     @property
     def name(self):
-        raw = self._core.raw
+        raw = self._c().raw
         return raw if isinstance(raw, int) else raw.name
 
     @property
     def mode(self):
-        return getattr(self._core.raw, "mode", "wb")
+        return getattr(self._c().raw, "mode", "wb")
 
     @property
     def buffer_size(self):
-        return self._core.buffer_size
+        return self._c().buffer_size
 
     @property
     def buffer_count(self):
-        return self._core.buffer_count
+        return self._c().buffer_count
 
     def fileno(self):
+        core = self._c()
         self._checkClosed()
-        if self._core.fd >= 0:
-            return self._core.fd
-        return self._core.raw.fileno()
+        if core.fd >= 0:
+            return core.fd
+        fileno = getattr(core.raw, "fileno", None)
+        if fileno is None:
+            raise io.UnsupportedOperation("fileno")
+        return fileno()
 
     def isatty(self):
+        core = self._c()
         self._checkClosed()
-        return os.isatty(self.fileno()) if self._core.fd >= 0 else self._core.raw.isatty()
+        if core.fd >= 0:
+            return os.isatty(core.fd)
+        isatty = getattr(core.raw, "isatty", None)
+        return bool(isatty()) if isatty is not None else False
 
     def tell(self):
         """The logical stream position: where the next write's first byte
         would land after everything written so far."""
-        return self._core.tell()
+        return self._c().tell()
 
     def writable(self):
         self._checkClosed()
@@ -157,14 +217,28 @@ class ConcurrentBufferedWriter(io.RawIOBase):
         raise io.UnsupportedOperation("truncate")
 
     def __repr__(self):
+        cls = type(self)
+        what = f"{cls.__module__}.{cls.__qualname__}"
+        if self._core is None:
+            return f"<{what} (uninitialized)>"
+        if self in _repr_running:
+            raise RuntimeError(f"reentrant call inside {what}.__repr__")
+        _repr_running.add(self)
         try:
-            name = self.name
-        except AttributeError:
-            return f"<cbuffer.ConcurrentBufferedWriter raw={self._core.raw!r}>"
-        return f"<cbuffer.ConcurrentBufferedWriter name={name!r}>"
+            try:
+                name = self.name
+            except (AttributeError, ValueError):
+                return f"<{what}>"
+            return f"<{what} name={name!r}>"
+        finally:
+            _repr_running.discard(self)
 
     def __getstate__(self):
         raise TypeError(f"cannot pickle {type(self).__name__!r} object")
+
+
+# Writers whose repr is being computed (a raw's name may refer back to them).
+_repr_running = weakref.WeakSet()
 
 
 def open(file, mode="wb", **writer_options):
