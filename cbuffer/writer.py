@@ -57,8 +57,8 @@ class ConcurrentBufferedWriter(io.RawIOBase):
         if self._core is not None:
             # Initialised again: until that succeeds the object is unusable,
             # as io's are (the old core flushes when it is dropped).
-            self.__dict__.pop("write", None)
-            self.__dict__.pop("append", None)
+            for name in ("write", "append", "flush"):
+                self.__dict__.pop(name, None)
             self._core = None
         core = WriterCore(raw, buffer_size, buffer_count, flush_interval,
                           line_buffering, fsync, auto_flush, closefd)
@@ -70,6 +70,8 @@ class ConcurrentBufferedWriter(io.RawIOBase):
             self.write = core.write
         if cls.append is ConcurrentBufferedWriter.append:
             self.append = core.append
+        if cls.flush is ConcurrentBufferedWriter.flush:
+            self.flush = core.flush
 
     def _c(self):
         core = self._core
