@@ -129,8 +129,10 @@ cdef double GIL_HELD_WAIT = 0.002
 # How long the flusher waits for a non-blocking sink before it looks at its
 # stop/park flags again.
 cdef double FLUSHER_SLICE = 0.1
-# How long exit and fork wait for a sink before giving up on it.
-EXIT_WAIT = 2.0
+# How long exit and fork wait for a sink before giving up on it.  (A C
+# constant: finalizers may run after the module's globals are gone.)
+cdef double EXIT_WAIT_S = 2.0
+EXIT_WAIT = EXIT_WAIT_S
 
 BufferState = namedtuple("BufferState", "index offset writers sealed flushing")
 BufferState.__doc__ = "A snapshot of the buffer currently accepting writes."
@@ -1236,7 +1238,6 @@ cdef class BufferRing:
     def __dealloc__(self):
         cdef cb_ring *r = self.ring
         cdef PyObject *raised = NULL
-        cdef double wait = EXIT_WAIT
         if r == NULL:
             return
         # Dropped without close(): hand what is buffered to the sink.  The
@@ -1244,7 +1245,7 @@ cdef class BufferRing:
         ring_seal_current(r)
         if r.auto_flush and not cb_load_acquire(&r.running) and not cb_load_acquire(&r.error):
             with nogil:
-                ring_flush_to(r, ring_position(r), wait, False, SYNC_NONE, &raised)
+                ring_flush_to(r, ring_position(r), EXIT_WAIT_S, False, SYNC_NONE, &raised)
             Py_XDECREF(raised)
         cb_store_release(&r.stop, 1)
         cb_event_notify(&r.work_ev)
@@ -1448,7 +1449,7 @@ cdef class BufferRing:
         if r == NULL or r.sink.fd >= 0:
             return
         cb_store_release(&r.inline, 1)
-        self._stop_flusher(EXIT_WAIT)
+        self._stop_flusher(EXIT_WAIT_S)
 
     def _before_fork(self):
         """No flusher thread may be alive across fork(), and no thread may be
@@ -1458,12 +1459,12 @@ cdef class BufferRing:
         bounded, so a stalled sink delays fork() but cannot hang it."""
         cdef cb_ring *r = self.ring
         cdef PyObject *raised = NULL
-        cdef double wait = EXIT_WAIT
+        cdef double wait = EXIT_WAIT_S
         cdef uint64_t target
         cdef bint locked
         if r == NULL or self._close_state == 2:
             return
-        self._stop_flusher(EXIT_WAIT)
+        self._stop_flusher(EXIT_WAIT_S)
         with nogil:
             locked = ring_lock_dispatch(r, wait)
         if not locked:
@@ -1595,7 +1596,7 @@ cdef class BufferRing:
             return False, False
         # Closed by a finalizer at exit: daemon threads may have been stopped
         # holding buffers, so wait a bounded time.
-        give_up = time.monotonic() + EXIT_WAIT if sys.is_finalizing() else None
+        give_up = time.monotonic() + EXIT_WAIT_S if sys.is_finalizing() else None
         cdef uint64_t target = ring_position(r)
         error = False
         while True:
@@ -1617,7 +1618,7 @@ cdef class BufferRing:
             self._signals()
         cb_store_release(&r.stop, 1)
         cb_event_notify(&r.work_ev)
-        self._stop_flusher(EXIT_WAIT if give_up is not None else -1.0)
+        self._stop_flusher(EXIT_WAIT_S if give_up is not None else -1.0)
         _unregister(self)
         return True, error
 

@@ -113,9 +113,15 @@ class ConcurrentBufferedWriter(io.RawIOBase):
         finally:
             core._end_close()
 
-    def __del__(self):
+    def __del__(self, _finalizing=sys.is_finalizing,
+                _report=sys.flags.dev_mode or sys.version_info >= (3, 13)):
+        # (Module globals may be gone by now: what is needed is bound here.)
         core = self._core
         if core is None or core.closed:
+            return
+        if _finalizing():
+            # The exit flush has run; the core hands over what came after
+            # when it is freed, and the OS closes the fd.
             return
         try:
             # As io: a dropped writer that owns an OS file says so, or lets
@@ -131,7 +137,7 @@ class ConcurrentBufferedWriter(io.RawIOBase):
             try:
                 self.close()
             except Exception:
-                if sys.flags.dev_mode:  # as io: silent unless in development mode
+                if _report:  # as io: reported from 3.13 on, before only in development mode
                     raise
 
     @property

@@ -173,12 +173,20 @@ class KeptBytesIO(io.BytesIO):
 
 
 class ShortRaw(io.RawIOBase):
-    """Takes at most a few bytes per call (1, 7, 100, 997, 4095 in turn)."""
+    """Takes at most a few bytes per call (1, 7, 100, 997, 4095 in turn).
+    ``data`` is read from another thread: a lock keeps that safe on a
+    free-threaded build."""
 
     def __init__(self):
-        self.data = bytearray()
+        self._data = bytearray()
+        self._lock = threading.Lock()
         self.takes = [1, 7, 100, 997, 4095]
         self.calls = 0
+
+    @property
+    def data(self):
+        with self._lock:
+            return bytes(self._data)
 
     def writable(self):
         return True
@@ -186,33 +194,40 @@ class ShortRaw(io.RawIOBase):
     def write(self, b):
         n = min(len(b), self.takes[self.calls % len(self.takes)])
         self.calls += 1
-        self.data += bytes(memoryview(b)[:n])
+        with self._lock:
+            self._data += bytes(memoryview(b)[:n])
         return n
 
 
 class WriteOnlyCount:
-    """Only a write() method, returning the byte count; nothing else."""
+    """Only a write() method, returning the byte count; nothing else.  (The
+    lock: the test reads ``data`` from another thread, and on a free-threaded
+    build bytes(bytearray) racing += raises BufferError.)"""
 
-    __slots__ = ("data",)
+    __slots__ = ("_data", "_lock")
 
     def __init__(self):
-        self.data = bytearray()
+        self._data = bytearray()
+        self._lock = threading.Lock()
+
+    @property
+    def data(self):
+        with self._lock:
+            return bytes(self._data)
 
     def write(self, b):
-        self.data += b
+        with self._lock:
+            self._data += b
         return len(b)
 
 
-class WriteOnlyNone:
+class WriteOnlyNone(WriteOnlyCount):
     """Only a write() method, returning None (duck-typed: all taken)."""
 
-    __slots__ = ("data",)
-
-    def __init__(self):
-        self.data = bytearray()
+    __slots__ = ()
 
     def write(self, b):
-        self.data += b
+        super().write(b)
 
 
 class Sink:
