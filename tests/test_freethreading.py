@@ -17,8 +17,12 @@ FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 @pytest.mark.skipif(not FREE_THREADED, reason="needs a free-threaded (--disable-gil) CPython")
 def test_import_keeps_the_gil_disabled():
-    code = ("import sys, cbuffer, cbuffer._buffer, cbuffer._ring, cbuffer._writer, cbuffer._testing, "
-            "cbuffer.handlers, cbuffer.bench; print(sys._is_gil_enabled())")
+    # every module of the package, so a new one cannot be forgotten here
+    code = ("import importlib, pkgutil, sys, cbuffer\n"
+            "for m in pkgutil.iter_modules(cbuffer.__path__):\n"
+            "    if m.name != '__main__':\n"
+            "        importlib.import_module('cbuffer.' + m.name)\n"
+            "print(sys._is_gil_enabled())")
     # -W error: the RuntimeWarning CPython gives when a module re-enables the GIL fails the run
     proc = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr.decode()
