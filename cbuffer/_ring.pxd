@@ -136,6 +136,9 @@ cdef void ring_shut(cb_ring *r) noexcept nogil
 # the calling thread when nobody else does).
 cdef int ring_wait_flushed(cb_ring *r, uint64_t target, double max_wait) noexcept nogil
 
+# Take dispatch_mu within max_wait seconds (False: not taken).
+cdef bint ring_lock_dispatch(cb_ring *r, double max_wait) noexcept nogil
+
 # True when the calling thread runs Python code of the sink (a signal handler
 # interrupted a raw.write()/flush(), or the raw called back): it must not wait
 # for dispatch.

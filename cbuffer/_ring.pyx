@@ -1703,6 +1703,7 @@ cdef class BufferRing:
             "writes": cb_load_relaxed(&r.st_writes) + live,
             "flushes": cb_load_relaxed(&r.st_flushes),
             "syscalls": cb_load_relaxed(&r.sink.syscalls),
+            "file_switches": cb_load_relaxed(&r.sink.switches),
             "ring_full_waits": cb_load_relaxed(&r.st_full_waits),
             "reservation_retries": cb_load_relaxed(&r.st_retries),
             "utilization": (cb_load_relaxed(&r.st_used) / cap) if cap else 1.0,

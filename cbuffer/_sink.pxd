@@ -45,6 +45,14 @@ cdef struct cb_sink:
     cb_atomic_u64 written   # bytes taken (statistics)
     int err                 # errno of the last SINK_ERROR, or 0
     PyObject *exc           # exception of the last SINK_ERROR (owned), or NULL
+    # A file sink (an fd sink that knows its path), checked before each batch:
+    PyObject *policy        # decides rotation and reopens the path (owned), or NULL
+    cb_atomic_u64 reopen    # reopen the path before the next batch (set by reopen())
+    uint64_t limit          # rotate before a batch that would pass this size (0: never)
+    double roll_at          # rotate before a batch at or after this time.time() (0: never)
+    bint watch              # stat the path per batch: reopen when it names another file
+    char *path              # the path, for watch (malloc'd), or NULL
+    cb_atomic_u64 switches  # files opened by rotation or reopen (statistics)
 
 
 # Set up ``s`` to writev into ``fd``.
@@ -54,6 +62,16 @@ cdef void sink_init_fd(cb_sink *s, int fd, bint fsync) noexcept nogil
 # None from it means "nothing taken, would block" (io.RawIOBase), else "all".
 cdef int sink_init_python(cb_sink *s, object write_obj, object raw, bint rawio,
                           int poll_fd, bint fsync) except -1
+
+# Make ``s`` (an fd sink) a file sink: before each batch it checks for a
+# reopen request, a moved path (``watch``), the size ``limit`` and the time
+# ``roll_at``, and calls ``policy._switch(reason, incoming)`` with the GIL
+# when one fires; that returns the new fd and the next roll_at.
+cdef int sink_init_file(cb_sink *s, object policy, bytes path, uint64_t limit,
+                        double roll_at, bint watch) except -1
+
+# Drop a file sink's policy and path (needs the GIL).
+cdef void sink_clear_file(cb_sink *s) noexcept
 
 # Drop the Python references (needs the GIL).
 cdef void sink_clear(cb_sink *s) noexcept

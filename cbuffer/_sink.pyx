@@ -26,10 +26,15 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 from posix.uio cimport iovec, writev
 from posix.unistd cimport fsync as c_fsync
 
-from cbuffer._state cimport cb_atomic_init, cb_fetch_add_relaxed, cb_load_relaxed, cb_store_relaxed
+from cbuffer._state cimport (
+    cb_atomic_init, cb_fetch_add_relaxed, cb_load_acquire, cb_load_relaxed, cb_store_relaxed,
+    cb_store_release,
+)
 
 cdef extern from "Python.h":
     int PyBUF_READ
@@ -85,6 +90,123 @@ cdef int fd_sync(cb_sink *s, bint flush_raw) noexcept nogil:
     return SINK_OK
 
 
+# ---------------------------------------------------------------- file
+
+cdef extern from "<sys/stat.h>" nogil:
+    cdef struct c_stat_t "stat":
+        unsigned long st_dev
+        unsigned long st_ino
+        long st_size
+    int c_fstat "fstat"(int fd, c_stat_t *buf)
+    int c_stat "stat"(const char *path, c_stat_t *buf)
+
+cdef extern from "<time.h>" nogil:
+    cdef struct timespec:
+        long tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec *ts)
+    int CLOCK_REALTIME
+
+# Why a file sink switches files (passed to the policy).
+cdef enum:
+    WHY_REOPEN = 1  # reopen() was called (logrotate's "create" mode, SIGHUP)
+    WHY_MOVED = 2   # the path names another file now (rotated by another process)
+    WHY_TIME = 3    # the rollover time has come
+    WHY_SIZE = 4    # the batch would take the file past its size limit
+
+_REASONS = {WHY_REOPEN: "reopen", WHY_MOVED: "moved", WHY_TIME: "time", WHY_SIZE: "size"}
+
+
+cdef double wall_clock() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef int file_switch(cb_sink *s, int why, uint64_t incoming) noexcept nogil:
+    with gil:
+        return file_switch_gil(s, why, incoming)
+
+
+cdef int file_switch_gil(cb_sink *s, int why, uint64_t incoming) noexcept:
+    cdef unsigned long outer = cb_load_relaxed(&s.owner)
+    cb_store_relaxed(&s.owner, PyThread_get_thread_ident())
+    try:
+        fd, roll_at = (<object>s.policy)._switch(_REASONS[why], incoming)
+        s.fd = fd
+        s.poll_fd = fd
+        s.roll_at = roll_at
+        cb_fetch_add_relaxed(&s.switches, 1)
+    except BaseException as exc:
+        return python_fail(s, exc)
+    finally:
+        cb_store_relaxed(&s.owner, outer)
+    return SINK_OK
+
+
+cdef int file_write(cb_sink *s, const iovec *iov, int cnt, uint64_t *taken) noexcept nogil:
+    """An fd write preceded by the file checks; a batch that would take the
+    file past ``limit`` is cut at an iovec boundary (a record boundary) and
+    the rest goes to the next file."""
+    cdef c_stat_t st, pst
+    cdef int why, k, rounds = 0, rc
+    cdef uint64_t size = 0, total
+    taken[0] = 0
+    while True:
+        why = 0
+        if cb_load_acquire(&s.reopen):
+            cb_store_release(&s.reopen, 0)
+            why = WHY_REOPEN
+        elif s.watch or s.limit:
+            if c_fstat(s.fd, &st) != 0:
+                s.err = errno
+                return SINK_ERROR
+            size = <uint64_t>st.st_size
+            if s.watch and (c_stat(s.path, &pst) != 0 or pst.st_ino != st.st_ino
+                            or pst.st_dev != st.st_dev):
+                why = WHY_MOVED
+        if not why and s.roll_at > 0 and wall_clock() >= s.roll_at:
+            why = WHY_TIME
+        if not why and s.limit and size > 0 and size + iov[0].iov_len > s.limit:
+            why = WHY_SIZE
+        if not why or rounds == 2:
+            break  # (after two switches a batch goes where it is: never a loop)
+        rc = file_switch(s, why, iov[0].iov_len)
+        if rc != SINK_OK:
+            return rc
+        rounds += 1
+        size = 0
+    k = cnt
+    if s.limit:
+        total = iov[0].iov_len
+        k = 1  # one part larger than the limit goes alone (the documented slack)
+        while k < cnt and size + total + iov[k].iov_len <= s.limit:
+            total += iov[k].iov_len
+            k += 1
+    return fd_write(s, iov, k, taken)
+
+
+cdef int sink_init_file(cb_sink *s, object policy, bytes path, uint64_t limit,
+                        double roll_at, bint watch) except -1:
+    cdef char *copy = NULL
+    if watch:
+        copy = <char *>malloc(len(path) + 1)
+        if copy == NULL:
+            raise MemoryError()
+        memcpy(copy, <const char *>path, len(path))
+        copy[len(path)] = 0
+    Py_INCREF(policy)
+    s.policy = <PyObject *>policy
+    s.path = copy
+    s.limit = limit
+    s.roll_at = roll_at
+    s.watch = watch
+    cb_atomic_init(&s.reopen, 0)
+    cb_atomic_init(&s.switches, 0)
+    s.write = file_write
+    return 0
+
+
 cdef void sink_init_fd(cb_sink *s, int fd, bint fsync) noexcept nogil:
     s.write = fd_write
     s.sync = fd_sync
@@ -99,6 +221,13 @@ cdef void sink_init_fd(cb_sink *s, int fd, bint fsync) noexcept nogil:
     cb_atomic_init(&s.written, 0)
     s.err = 0
     s.exc = NULL
+    s.policy = NULL
+    s.path = NULL
+    s.limit = 0
+    s.roll_at = 0
+    s.watch = False
+    cb_atomic_init(&s.reopen, 0)
+    cb_atomic_init(&s.switches, 0)
 
 
 # ---------------------------------------------------------------- Python
@@ -239,16 +368,34 @@ cdef int sink_init_python(cb_sink *s, object write_obj, object raw, bint rawio,
     cb_atomic_init(&s.written, 0)
     s.err = 0
     s.exc = NULL
+    s.policy = NULL
+    s.path = NULL
+    s.limit = 0
+    s.roll_at = 0
+    s.watch = False
+    cb_atomic_init(&s.reopen, 0)
+    cb_atomic_init(&s.switches, 0)
     return 0
+
+
+cdef void sink_clear_file(cb_sink *s) noexcept:
+    Py_XDECREF(s.policy)
+    free(s.path)
+    s.policy = NULL
+    s.path = NULL
 
 
 cdef void sink_clear(cb_sink *s) noexcept:
     Py_XDECREF(s.write_obj)
     Py_XDECREF(s.raw)
     Py_XDECREF(s.exc)
+    Py_XDECREF(s.policy)
+    free(s.path)
     s.write_obj = NULL
     s.raw = NULL
     s.exc = NULL
+    s.policy = NULL
+    s.path = NULL
 
 
 # ---------------------------------------------------------------- waiting

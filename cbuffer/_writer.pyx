@@ -27,8 +27,11 @@ from cbuffer._ring cimport (
     BufferRing, cb_ring, ring_detach_tail, ring_direct, ring_flush_to, ring_owned_by_me,
     ring_position,
 )
-from cbuffer._sink cimport sink_init_fd, sink_init_python
-from cbuffer._state cimport cb_load_acquire, cb_load_relaxed
+from cbuffer._ring cimport ring_lock_dispatch
+from cbuffer._sink cimport sink_clear_file, sink_init_fd, sink_init_file, sink_init_python
+from cbuffer._state cimport (
+    cb_load_acquire, cb_load_relaxed, cb_mutex_unlock, cb_store_release,
+)
 
 import errno
 import fcntl
@@ -86,8 +89,7 @@ def _poll_fd(raw):
 cdef class WriterCore(BufferRing):
     """The compiled half of :class:`cbuffer.ConcurrentBufferedWriter`."""
 
-    cdef readonly object raw        # what the caller passed
-    cdef readonly int fd            # the fd written with writev, or -1
+    cdef readonly object raw        # what the caller passed (a file sink: the current file)
     cdef readonly bint closefd
     cdef readonly bint line_buffering
     cdef readonly bint fsync
@@ -140,7 +142,6 @@ cdef class WriterCore(BufferRing):
             sink_init_python(&self.ring.sink, write, raw, isinstance(raw, io.RawIOBase),
                              _poll_fd(raw), bool(fsync))
         self.raw = raw
-        self.fd = fd
         self.closefd = bool(closefd)
         self.line_buffering = bool(line_buffering)
         self.fsync = bool(fsync)
@@ -313,6 +314,71 @@ cdef class WriterCore(BufferRing):
         fsync it with ``fsync=True``; call a Python raw's ``flush()``); raise
         the sticky error if one is set."""
         self._flush_all()
+
+    # -- the file behind a writer opened from a path
+
+    @property
+    def fd(self):
+        """The fd written with writev (it changes when the file is reopened
+        or rotated), or -1 for a Python raw."""
+        return self.ring.sink.fd
+
+    def _attach_file(self, policy, path, uint64_t limit=0, double roll_at=0.0, bint watch=False):
+        """Make the sink a file sink driven by ``policy`` (cbuffer.rotation),
+        or give it another policy: before each batch it reopens on request,
+        when the path names another file (``watch``), past ``limit`` bytes or
+        at ``roll_at``."""
+        cdef cb_ring *r = self.ring
+        cdef bint locked
+        if r.sink.fd < 0:
+            raise ValueError("only a writer over an fd has a file policy")
+        while True:  # no batch may be under way while the policy changes
+            with nogil:
+                locked = ring_lock_dispatch(r, SIGNAL_CHECK)
+            if locked:
+                break
+            self._signals()
+        try:
+            sink_clear_file(&r.sink)
+            sink_init_file(&r.sink, policy, os.fsencode(path), limit, roll_at, watch)
+        finally:
+            cb_mutex_unlock(&r.dispatch_mu)
+
+    def _set_raw(self, raw):
+        """The file object of the current file (set by a file policy)."""
+        self.raw = raw
+
+    def _set_roll_at(self, double roll_at):
+        self.ring.sink.roll_at = roll_at
+
+    def reopen(self):
+        """Open the file's path again before the next batch (after logrotate
+        moved it away, say).  Only sets a flag: safe from a signal handler."""
+        if self.ring.sink.policy == NULL:
+            raise io.UnsupportedOperation("reopen: the writer was not opened from a path")
+        cb_store_release(&self.ring.sink.reopen, 1)
+
+    def _switch_file(self, reason):
+        """Switch files now, under the dispatch lock (doRollover() called by
+        hand): what is buffered goes to the current file first."""
+        cdef cb_ring *r = self.ring
+        cdef bint locked
+        if r.sink.policy == NULL:
+            raise io.UnsupportedOperation("the writer was not opened from a path")
+        self._flush_all()
+        while True:
+            with nogil:
+                locked = ring_lock_dispatch(r, SIGNAL_CHECK)
+            if locked:
+                break
+            self._signals()
+        try:
+            fd, roll_at = (<object>r.sink.policy)._switch(reason, 0)
+            r.sink.fd = fd
+            r.sink.poll_fd = fd
+            r.sink.roll_at = roll_at
+        finally:
+            cb_mutex_unlock(&r.dispatch_mu)
 
     # -- closing
 

@@ -24,13 +24,21 @@ import inspect
 import io
 import locale
 import logging
+import logging.handlers
 import os
 import sys
 
-from cbuffer.writer import ConcurrentBufferedWriter
+from cbuffer import rotation
+from cbuffer.writer import DEFAULT_BUFFER_SIZE, ConcurrentBufferedWriter
 from cbuffer.writer import open as _open_writer
 
-__all__ = ["ConcurrentFileHandler", "ConcurrentHandler", "ConcurrentStreamHandler"]
+__all__ = [
+    "ConcurrentFileHandler", "ConcurrentHandler", "ConcurrentRotatingFileHandler",
+    "ConcurrentStreamHandler", "ConcurrentTimedRotatingFileHandler", "ConcurrentWatchedFileHandler",
+]
+
+#: The file handlers' default ``flush_interval`` (seconds).
+DEFAULT_FLUSH_INTERVAL = 1.0
 
 # Bound at import: logging.StreamHandler may be rebound to a class of this
 # module (as CPython's own tests are run against it), and the methods here
@@ -264,8 +272,11 @@ class ConcurrentFileHandler(ConcurrentHandler, logging.FileHandler):
     :param bool delay: open the file at the first record, not now.
     :param str errors: the encoding error handler (None: ``"strict"``).
     :param level: the handler's level (kept from cbuffer 0.1).
-    :param writer_options: passed on to the writer, e.g.
-        ``flush_interval=0.5``.
+    :param int flush_level: records at or above this level are on the file
+        before ``emit`` returns (default ``logging.ERROR``; None: never).
+    :param writer_options: passed on to the writer; ``flush_interval``
+        defaults to one second here, so lines reach the file within about a
+        second on a quiet service.
 
     ::
 
@@ -274,7 +285,7 @@ class ConcurrentFileHandler(ConcurrentHandler, logging.FileHandler):
     """
 
     def __init__(self, filename, mode="a", encoding=None, delay=False, errors=None, *,
-                 level=logging.NOTSET, **writer_options):
+                 level=logging.NOTSET, flush_level=logging.ERROR, **writer_options):
         try:
             self._writer_mode = _WRITER_MODES[mode]
         except (KeyError, TypeError):
@@ -283,7 +294,11 @@ class ConcurrentFileHandler(ConcurrentHandler, logging.FileHandler):
         for name in writer_options:
             if name not in _WRITER_PARAMETERS or name in ("self", "raw"):
                 raise TypeError(f"{type(self).__name__}() got an unexpected keyword argument {name!r}")
+        if writer_options.get("auto_flush", True):
+            # Lines reach the file within about a second on a quiet service.
+            writer_options.setdefault("flush_interval", DEFAULT_FLUSH_INTERVAL)
         self._writer_options = writer_options
+        self.flush_level = flush_level
         self.owns_writer = True
         self._codec = self._codec_errors = None  # set by _open
         if "b" in mode:
@@ -365,6 +380,8 @@ class ConcurrentFileHandler(ConcurrentHandler, logging.FileHandler):
             while True:
                 try:
                     stream.write(data)
+                    if self.flush_level is not None and record.levelno >= self.flush_level:
+                        stream.flush()  # on the file before emit returns
                     return
                 except ValueError:
                     # close() lets go of the writer before closing it, so a
@@ -417,3 +434,186 @@ class ConcurrentFileHandler(ConcurrentHandler, logging.FileHandler):
             self._codec, _ = _resolve_encoding(self.encoding)
             self._codec_errors = "strict" if self.errors is None else self.errors
         return _StreamHandler.setStream(self, stream)
+
+
+def _check_compress(compress):
+    if compress not in (None, False, "gzip"):
+        raise ValueError(f"compress must be None or 'gzip', not {compress!r}")
+    return bool(compress)
+
+
+def _gzip_namer(name):
+    return name + ".gz"
+
+
+class ConcurrentRotatingFileHandler(ConcurrentFileHandler, logging.handlers.RotatingFileHandler):
+    """A :class:`logging.handlers.RotatingFileHandler` on a
+    :class:`~cbuffer.ConcurrentBufferedWriter`: the same signature, file
+    names, ``namer``/``rotator`` and ``backupCount``, with rotation decided
+    by the writer's sink once per batch instead of once per record.
+
+    A batch that would bring the file to ``maxBytes`` goes to a fresh file,
+    cut between the buffers it is made of, so every file holds whole records
+    and stays below ``maxBytes``, unless one buffer (or one record larger than
+    a buffer) alone is larger: that goes into a file of its own.  The default
+    ``buffer_size`` here is a quarter of ``maxBytes`` (a multiple of 4096,
+    at least 4096, at most 64 KiB), so only records over 4 KiB, or
+    ``maxBytes`` under 4 KiB, make a file larger than ``maxBytes``.
+
+    Several processes may log to one path: the one that rotates holds
+    ``<path>.lock`` (``fcntl.flock``) only around the renames, and the others
+    move to the new file at their next batch; until then a batch of theirs
+    may still land in the file just rotated.
+
+    :param compress: ``"gzip"`` to compress rotated files in a background
+        thread (names end in ``.gz``; a ``.gz`` appears when complete).
+    The other parameters are :class:`ConcurrentFileHandler`'s.
+    """
+
+    def __init__(self, filename, mode="a", maxBytes=0, backupCount=0, encoding=None, delay=False,
+                 errors=None, *, compress=None, level=logging.NOTSET, flush_level=logging.ERROR,
+                 **writer_options):
+        if maxBytes > 0:
+            mode = "a"  # as RotatingFileHandler: a truncating mode would lose backups
+            # A file is cut between buffers: buffers of at most a quarter of
+            # maxBytes keep every file within it (and nearly full).
+            writer_options.setdefault("buffer_size", max(
+                4096, min(DEFAULT_BUFFER_SIZE, maxBytes // 4 // 4096 * 4096)))
+        self.maxBytes = maxBytes
+        self.backupCount = backupCount
+        self.compress = _check_compress(compress)
+        if self.compress:
+            self.namer = _gzip_namer
+        ConcurrentFileHandler.__init__(self, filename, mode, encoding, delay, errors, level=level,
+                                       flush_level=flush_level, **writer_options)
+
+    def _open(self):
+        writer = ConcurrentFileHandler._open(self)
+        if _is_writer(writer):
+            policy = rotation.SizeRotation(writer._core, self, self.compress)
+            policy.attach(limit=policy.limit)
+        return writer
+
+    def shouldRollover(self, record):
+        """Whether ``record`` would bring the file to ``maxBytes`` (the
+        standard handler asks its stream for the position; a writer has
+        none, so the file is asked)."""
+        if self.maxBytes <= 0:
+            return False
+        try:
+            st = os.stat(self.baseFilename)
+        except OSError:
+            return False
+        if not os.path.isfile(self.baseFilename):
+            return False
+        msg = self.format(record) + self.terminator
+        return st.st_size + len(msg) >= self.maxBytes
+
+    def doRollover(self):
+        """Rotate now: what is buffered goes to the current file first."""
+        stream = self.stream
+        if _is_writer(stream):
+            stream._core._switch_file("rollover")
+        else:
+            with rotation.path_lock(self.baseFilename):
+                rotation._RotatingFileHandler.doRollover(rotation._View(self))
+
+    def close(self):
+        ConcurrentFileHandler.close(self)
+        if self.compress:
+            rotation.compressor.wait(5)
+
+
+class ConcurrentTimedRotatingFileHandler(ConcurrentFileHandler,
+                                         logging.handlers.TimedRotatingFileHandler):
+    """A :class:`logging.handlers.TimedRotatingFileHandler` on a
+    :class:`~cbuffer.ConcurrentBufferedWriter`: the same signature,
+    schedule, file names, ``namer``/``rotator`` and ``backupCount``; the
+    writer's sink looks at the clock once per batch, and the first batch at
+    or after the rollover time goes to a fresh file.  Several processes may
+    share the path, as for :class:`ConcurrentRotatingFileHandler`.
+
+    :param compress: ``"gzip"`` to compress rotated files in a background
+        thread (names end in ``.gz``).
+    The other parameters are :class:`ConcurrentFileHandler`'s.
+    """
+
+    def __init__(self, filename, when="h", interval=1, backupCount=0, encoding=None, delay=False,
+                 utc=False, atTime=None, errors=None, *, compress=None, level=logging.NOTSET,
+                 flush_level=logging.ERROR, **writer_options):
+        # The schedule (interval, suffix, extMatch, the first rolloverAt) is
+        # the standard handler's own, computed by it without opening a file.
+        schedule = rotation._TimedRotatingFileHandler(
+            filename, when, interval, backupCount, encoding=encoding, delay=True, utc=utc,
+            atTime=atTime, errors=errors)
+        schedule.close()
+        keep = set(vars(logging.FileHandler(os.devnull, delay=True)))
+        for name, value in vars(schedule).items():
+            if name not in keep:
+                setattr(self, name, value)
+        self.compress = _check_compress(compress)
+        if self.compress:
+            self.namer = _gzip_namer
+        ConcurrentFileHandler.__init__(self, filename, "a", encoding, delay, errors, level=level,
+                                       flush_level=flush_level, **writer_options)
+
+    def _open(self):
+        writer = ConcurrentFileHandler._open(self)
+        if _is_writer(writer):
+            policy = rotation.TimedRotation(writer._core, self, self.compress)
+            policy.attach(roll_at=policy.roll_at())
+        return writer
+
+    def doRollover(self):
+        """Rotate now: what is buffered goes to the current file first."""
+        stream = self.stream
+        if _is_writer(stream):
+            stream._core._switch_file("rollover")
+        else:
+            with rotation.path_lock(self.baseFilename):
+                rotation._TimedRotatingFileHandler.doRollover(rotation._View(self))
+
+    def close(self):
+        ConcurrentFileHandler.close(self)
+        if self.compress:
+            rotation.compressor.wait(5)
+
+
+class _WatchTarget(rotation.FileTarget):
+    watch = True
+
+
+class ConcurrentWatchedFileHandler(ConcurrentFileHandler, logging.handlers.WatchedFileHandler):
+    """A :class:`logging.handlers.WatchedFileHandler` on a
+    :class:`~cbuffer.ConcurrentBufferedWriter`: when the path names another
+    file (moved by logrotate, or deleted) the writer's sink reopens it before
+    its next batch -- one ``stat`` per batch, not per record.
+    The parameters are :class:`ConcurrentFileHandler`'s.
+    """
+
+    def __init__(self, filename, mode="a", encoding=None, delay=False, errors=None, *,
+                 level=logging.NOTSET, flush_level=logging.ERROR, **writer_options):
+        self.dev, self.ino = -1, -1
+        ConcurrentFileHandler.__init__(self, filename, mode, encoding, delay, errors, level=level,
+                                       flush_level=flush_level, **writer_options)
+
+    def _open(self):
+        writer = ConcurrentFileHandler._open(self)
+        if _is_writer(writer):
+            _WatchTarget(writer._core, self.baseFilename).attach()
+            st = os.fstat(writer.fileno())
+            self.dev, self.ino = st.st_dev, st.st_ino
+        return writer
+
+    def _statstream(self):
+        stream = self.stream
+        if stream is not None:
+            st = os.fstat(stream.fileno())
+            self.dev, self.ino = st.st_dev, st.st_ino
+
+    def reopenIfNeeded(self):
+        """Reopen the file before the next batch if the path names another
+        file (the sink checks this at every batch anyway)."""
+        stream = self.stream
+        if _is_writer(stream) and not rotation.same_file(self.baseFilename, stream.fileno()):
+            stream.reopen()

@@ -13,6 +13,7 @@ import warnings
 import weakref
 
 from cbuffer._writer import WriterCore
+from cbuffer.rotation import FileTarget
 
 #: Default size of each buffer in the ring (bytes).  64 KiB measured best on
 #: the benchmark machine across 64 B and 4 KiB records (see README.rst).
@@ -148,6 +149,13 @@ class ConcurrentBufferedWriter(io.RawIOBase):
         """Forget the sticky sink error; queued bytes are retried in order."""
         self._c().clear_error()
 
+    def reopen(self):
+        """Open the path again before the next batch is written (for
+        logrotate's ``create`` mode: call it from a SIGHUP handler).  Only for
+        a writer opened from a path (:func:`cbuffer.open`); it only sets a
+        flag, so it is safe from a signal handler."""
+        self._c().reopen()
+
     def stats(self):
         """A dict: bytes_written, writes, flushes, syscalls, ring_full_waits,
         reservation_retries, utilization."""
@@ -272,7 +280,11 @@ def open(file, mode="wb", **writer_options):
         raise
     raw.name = path
     try:
-        return ConcurrentBufferedWriter(raw, **writer_options)
+        writer = ConcurrentBufferedWriter(raw, **writer_options)
     except BaseException:
         raw.close()
         raise
+    # The sink knows the path from now on, so reopen() works (rotating
+    # handlers put a policy of their own in its place).
+    FileTarget(writer._core, path).attach()
+    return writer

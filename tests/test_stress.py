@@ -472,7 +472,8 @@ def scenario(sink_name, appends, outdir, timeout):
             if k:
                 time.sleep(0.0001)
 
-    monotonic_keys = ("bytes_written", "flushes", "syscalls", "ring_full_waits", "reservation_retries")
+    monotonic_keys = ("bytes_written", "flushes", "syscalls", "ring_full_waits", "reservation_retries",
+                      "file_switches")
 
     def stats_racer():
         prev = None
