@@ -9,6 +9,7 @@ import os as _os
 try:
     from cbuffer._buffer import BufferFull, ConcurrentBuffer
     from cbuffer._ring import BufferRing, BufferState
+    from cbuffer.text import ConcurrentTextWriter
     from cbuffer.writer import DEFAULT_BUFFER_SIZE, ConcurrentBufferedWriter, open
 except ImportError as exc:  # no silent pure-Python fallback
     raise ImportError(
@@ -19,7 +20,7 @@ except ImportError as exc:  # no silent pure-Python fallback
 __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_BUFFER_SIZE", "BufferFull", "BufferRing", "BufferState", "ConcurrentBuffer",
-    "ConcurrentBufferedWriter", "get_include", "open",
+    "ConcurrentBufferedWriter", "ConcurrentTextWriter", "get_include", "open",
 ]
 
 

@@ -86,6 +86,8 @@ cdef struct cb_ring:
     cb_atomic_u64 st_retries
     cb_atomic_u64 st_used       # data bytes in dispatched buffers
     cb_atomic_u64 st_capacity   # buffer bytes dispatched (size per non-empty buffer)
+    cb_atomic_u64 st_dropped    # writes dropped by on_full="drop"
+    cb_atomic_u64 st_dropped_bytes
 
 
 # Reserve n bytes (n <= size).  RING_OK: *dst is where to copy, *pos the stream

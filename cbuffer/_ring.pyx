@@ -1704,6 +1704,8 @@ cdef class BufferRing:
             "flushes": cb_load_relaxed(&r.st_flushes),
             "syscalls": cb_load_relaxed(&r.sink.syscalls),
             "file_switches": cb_load_relaxed(&r.sink.switches),
+            "dropped": cb_load_relaxed(&r.st_dropped),
+            "dropped_bytes": cb_load_relaxed(&r.st_dropped_bytes),
             "ring_full_waits": cb_load_relaxed(&r.st_full_waits),
             "reservation_retries": cb_load_relaxed(&r.st_retries),
             "utilization": (cb_load_relaxed(&r.st_used) / cap) if cap else 1.0,

@@ -58,6 +58,11 @@ cdef struct cb_sink:
 # Set up ``s`` to writev into ``fd``.
 cdef void sink_init_fd(cb_sink *s, int fd, bint fsync) noexcept nogil
 
+# Set up ``s`` to write into a pipe ``fd`` that other processes may share:
+# each write(2) carries whole lines and at most PIPE_BUF bytes, so lines up
+# to PIPE_BUF are never interleaved with another writer's.
+cdef void sink_init_pipe(cb_sink *s, int fd) noexcept nogil
+
 # Set up ``s`` to call ``write_obj(memoryview)`` with the GIL.  ``rawio``:
 # None from it means "nothing taken, would block" (io.RawIOBase), else "all".
 cdef int sink_init_python(cb_sink *s, object write_obj, object raw, bint rawio,

@@ -90,6 +90,86 @@ cdef int fd_sync(cb_sink *s, bint flush_raw) noexcept nogil:
     return SINK_OK
 
 
+# ---------------------------------------------------------------- pipe
+
+cdef extern from "<limits.h>" nogil:
+    const int PIPE_BUF
+
+cdef extern from "<string.h>" nogil:
+    void *memrchr(const void *s, int c, size_t n)
+    void *memchr(const void *s, int c, size_t n)
+
+cdef enum:
+    PIPE_CHUNK_IOV = 64
+
+
+cdef int pipe_write(cb_sink *s, const iovec *iov, int cnt, uint64_t *taken) noexcept nogil:
+    """write(2)s of whole lines, each at most PIPE_BUF bytes (so atomic for
+    the kernel), until the batch is taken or one is short.  A line longer
+    than PIPE_BUF goes in one write(2) of its own (which may interleave)."""
+    cdef iovec chunk[PIPE_CHUNK_IOV]
+    cdef int i = 0, k, err
+    cdef size_t off = 0, avail, left, size
+    cdef const char *base
+    cdef const char *p
+    cdef long w
+    taken[0] = 0
+    while i < cnt:
+        k = 0
+        avail = PIPE_BUF
+        size = 0
+        while i < cnt and k < PIPE_CHUNK_IOV:
+            base = <const char *>iov[i].iov_base + off
+            left = iov[i].iov_len - off
+            if left <= avail:  # a whole part: it ends at a record boundary
+                chunk[k].iov_base = <void *>base
+                chunk[k].iov_len = left
+                k += 1
+                avail -= left
+                size += left
+                i += 1
+                off = 0
+                continue
+            p = <const char *>memrchr(base, 10, avail)
+            if p != NULL:
+                left = <size_t>(p - base) + 1
+            elif k == 0:  # one line longer than PIPE_BUF: all of it at once
+                p = <const char *>memchr(base + avail, 10, left - avail)
+                if p != NULL:
+                    left = <size_t>(p - base) + 1
+            else:
+                break
+            chunk[k].iov_base = <void *>base
+            chunk[k].iov_len = left
+            k += 1
+            size += left
+            off += left
+            if off == iov[i].iov_len:
+                i += 1
+                off = 0
+            break
+        w = writev(s.fd, chunk, k)
+        cb_fetch_add_relaxed(&s.syscalls, 1)
+        if w < 0:
+            err = errno
+            if err == EINTR:
+                return SINK_INTR if taken[0] == 0 else SINK_OK
+            if err == EAGAIN or err == EWOULDBLOCK:
+                return SINK_AGAIN if taken[0] == 0 else SINK_OK
+            s.err = err
+            return SINK_ERROR if taken[0] == 0 else SINK_OK
+        taken[0] += <uint64_t>w
+        cb_fetch_add_relaxed(&s.written, <uint64_t>w)
+        if <size_t>w < size:
+            return SINK_OK  # short: the ring offers the rest again
+    return SINK_OK
+
+
+cdef void sink_init_pipe(cb_sink *s, int fd) noexcept nogil:
+    sink_init_fd(s, fd, False)
+    s.write = pipe_write
+
+
 # ---------------------------------------------------------------- file
 
 cdef extern from "<sys/stat.h>" nogil:

@@ -28,9 +28,11 @@ from cbuffer._ring cimport (
     ring_position,
 )
 from cbuffer._ring cimport ring_lock_dispatch
-from cbuffer._sink cimport sink_clear_file, sink_init_fd, sink_init_file, sink_init_python
+from cbuffer._sink cimport (
+    sink_clear_file, sink_init_fd, sink_init_file, sink_init_pipe, sink_init_python,
+)
 from cbuffer._state cimport (
-    cb_load_acquire, cb_load_relaxed, cb_mutex_unlock, cb_store_release,
+    cb_fetch_add_relaxed, cb_load_acquire, cb_load_relaxed, cb_mutex_unlock, cb_store_release,
 )
 
 import errno
@@ -47,6 +49,14 @@ from cbuffer._ring import _check_geometry, _register
 
 cdef extern from "Python.h":
     unsigned long PyThread_get_thread_ident()
+
+
+cdef enum:
+    ON_FULL_BLOCK = 0
+    ON_FULL_DROP = 1
+    ON_FULL_RAISE = 2
+
+_ON_FULL = {"block": ON_FULL_BLOCK, "drop": ON_FULL_DROP, "raise": ON_FULL_RAISE}
 
 
 cdef object _closed_error():
@@ -94,10 +104,15 @@ cdef class WriterCore(BufferRing):
     cdef readonly bint line_buffering
     cdef readonly bint fsync
     cdef readonly object flush_interval
+    cdef readonly object on_full
+    cdef int _on_full               # ON_FULL_BLOCK, ON_FULL_DROP or ON_FULL_RAISE
 
     def __init__(self, raw, buffer_size, buffer_count=4, flush_interval=None,
-                 line_buffering=False, fsync=False, auto_flush=True, closefd=True):
+                 line_buffering=False, fsync=False, auto_flush=True, closefd=True,
+                 on_full="block"):
         _check_geometry(buffer_count, buffer_size)
+        if on_full not in _ON_FULL:
+            raise ValueError(f"on_full must be 'block', 'drop' or 'raise', not {on_full!r}")
         interval = 0.0
         if flush_interval is not None:
             if isinstance(flush_interval, bool) or not isinstance(flush_interval, (int, float)):
@@ -136,8 +151,14 @@ cdef class WriterCore(BufferRing):
         start = _start_position(raw, fd)
         self._setup(buffer_count, buffer_size, bool(auto_flush), True, start, interval)
         if fd >= 0:
-            # fsync is for regular files; on pipes and sockets it is a no-op.
-            sink_init_fd(&self.ring.sink, fd, bool(fsync) and stat.S_ISREG(os.fstat(fd).st_mode))
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISFIFO(mode):
+                # Processes sharing a pipe (workers' stdout): whole lines, at
+                # most PIPE_BUF bytes per write(2), never interleaved.
+                sink_init_pipe(&self.ring.sink, fd)
+            else:
+                # fsync is for regular files; on sockets it is a no-op.
+                sink_init_fd(&self.ring.sink, fd, bool(fsync) and stat.S_ISREG(mode))
         else:
             sink_init_python(&self.ring.sink, write, raw, isinstance(raw, io.RawIOBase),
                              _poll_fd(raw), bool(fsync))
@@ -146,6 +167,8 @@ cdef class WriterCore(BufferRing):
         self.line_buffering = bool(line_buffering)
         self.fsync = bool(fsync)
         self.flush_interval = flush_interval
+        self._on_full = _ON_FULL[on_full]
+        self.on_full = on_full
         _register(self)
 
     # -- the write path
@@ -160,16 +183,61 @@ cdef class WriterCore(BufferRing):
         if not cb_load_relaxed(&r.running) and r.auto_flush:
             self._start_flusher()
         if <uint64_t>n > r.size:
+            if self._on_full != ON_FULL_BLOCK:
+                return self._put_queued(src, n, pos)
             return self._put_direct(src, n, pos)
         while True:
-            st = self._put_small(src, n, pos, r.auto_flush)
+            st = self._put_small(src, n, pos, r.auto_flush and self._on_full == ON_FULL_BLOCK)
             if st == RING_OK:
                 return 0
             if st == RING_WOULD_BLOCK:
-                raise BlockingIOError(errno.EAGAIN, "every buffer is sealed and waiting "
-                                      "for flush() (auto_flush=False)", 0)
+                return self._full(n)
             if not self._raise_status(st, n):
                 return 0
+
+    cdef int _full(self, Py_ssize_t n) except -1:
+        """The ring cannot take n bytes now: drop them or raise, nothing written."""
+        if self._on_full == ON_FULL_DROP:
+            cb_fetch_add_relaxed(&self.ring.st_dropped, 1)
+            cb_fetch_add_relaxed(&self.ring.st_dropped_bytes, <uint64_t>n)
+            return 0
+        if self.ring.auto_flush:
+            raise BlockingIOError(errno.EAGAIN, "every buffer is waiting for the sink "
+                                  "(on_full='raise')", 0)
+        raise BlockingIOError(errno.EAGAIN, "every buffer is sealed and waiting "
+                              "for flush() (auto_flush=False)", 0)
+
+    cdef int _put_queued(self, const char *src, Py_ssize_t n, uint64_t *pos) except -1:
+        """A write larger than a buffer that must not wait (on_full='drop' or
+        'raise'): a copy of it is queued behind the open buffer, if one is
+        open; else it is dropped or refused like any write that finds the
+        ring full."""
+        cdef cb_ring *r = self.ring
+        cdef uint64_t gen = 0
+        cdef int st
+        cdef char *copy
+        if not r.auto_flush:
+            return self._full(n)
+        copy = <char *>malloc(n)
+        if copy == NULL:
+            raise MemoryError(f"cannot copy a write of {n} bytes")
+        memcpy(copy, src, n)
+        while True:
+            with nogil:
+                st = ring_direct(r, copy, n, pos, &gen, False, 0)
+            if st == RING_OK:
+                return 0
+            if st == RING_ERROR:
+                try:
+                    self._raise_error()
+                except BaseException:
+                    free(copy)
+                    raise
+                continue
+            free(copy)
+            if st == RING_WOULD_BLOCK:
+                return self._full(n)
+            return self._raise_status(st, n)
 
     cdef int _closing_write(self) except -1:
         """A write once close() has begun: the closing thread itself may

@@ -14,6 +14,7 @@ import weakref
 
 from cbuffer._writer import WriterCore
 from cbuffer.rotation import FileTarget
+from cbuffer.text import ConcurrentTextWriter
 
 #: Default size of each buffer in the ring (bytes).  64 KiB measured best on
 #: the benchmark machine across 64 B and 4 KiB records (see README.rst).
@@ -43,6 +44,10 @@ class ConcurrentBufferedWriter(io.RawIOBase):
     :param bool auto_flush: if False nothing reaches the sink before
         ``flush()``; a write that cannot be held raises BlockingIOError.
     :param bool closefd: close ``raw`` on ``close()``.
+    :param str on_full: what a write does when every buffer is waiting for
+        the sink: ``"block"`` (wait, the default), ``"drop"`` (return without
+        writing; ``stats()`` counts ``dropped`` and ``dropped_bytes``) or
+        ``"raise"`` (``BlockingIOError``, ``characters_written == 0``).
 
     ::
 
@@ -54,7 +59,7 @@ class ConcurrentBufferedWriter(io.RawIOBase):
 
     def __init__(self, raw, buffer_size=DEFAULT_BUFFER_SIZE, *, buffer_count=4,
                  flush_interval=None, line_buffering=False, fsync=False,
-                 auto_flush=True, closefd=True):
+                 auto_flush=True, closefd=True, on_full="block"):
         if self._core is not None:
             # Initialised again: until that succeeds the object is unusable,
             # as io's are (the old core flushes when it is dropped).
@@ -62,7 +67,7 @@ class ConcurrentBufferedWriter(io.RawIOBase):
                 self.__dict__.pop(name, None)
             self._core = None
         core = WriterCore(raw, buffer_size, buffer_count, flush_interval,
-                          line_buffering, fsync, auto_flush, closefd)
+                          line_buffering, fsync, auto_flush, closefd, on_full)
         self._core = core
         # The hot path: the compiled methods themselves, no Python frame --
         # unless a subclass overrides them, as io classes honour overrides.
@@ -158,7 +163,8 @@ class ConcurrentBufferedWriter(io.RawIOBase):
 
     def stats(self):
         """A dict: bytes_written, writes, flushes, syscalls, ring_full_waits,
-        reservation_retries, utilization."""
+        reservation_retries, utilization, file_switches (reopens and
+        rotations), dropped and dropped_bytes (``on_full="drop"``)."""
         return self._c().stats()
 
     @property
@@ -257,34 +263,63 @@ class ConcurrentBufferedWriter(io.RawIOBase):
 _repr_running = weakref.WeakSet()
 
 
-def open(file, mode="wb", **writer_options):
+_TEXT_MODES = {"w": "wb", "a": "ab", "x": "xb", "wt": "wb", "at": "ab", "xt": "xb"}
+
+
+def open(file, mode="wb", *, encoding=None, errors=None, newline=None, line_buffering=None,
+         write_through=False, **writer_options):
     """open(file, mode="wb", **writer_options) -> ConcurrentBufferedWriter
+    open(file, "w", encoding=None, errors=None, newline=None, **writer_options) -> ConcurrentTextWriter
 
     Open a path, a path-like object or an int file descriptor for writing
-    through a :class:`ConcurrentBufferedWriter`.  Modes: ``"wb"`` (truncate),
-    ``"ab"`` (append: positions start at the file's end), ``"xb"`` (create,
-    fail if it exists).
+    through a :class:`ConcurrentBufferedWriter`.  Binary modes: ``"wb"``
+    (truncate), ``"ab"`` (append: positions start at the file's end),
+    ``"xb"`` (create, fail if it exists).  Text modes ``"w"``, ``"a"`` and
+    ``"x"`` return a :class:`~cbuffer.text.ConcurrentTextWriter` over it, whose
+    lines land whole whatever the number of threads; ``line_buffering``
+    defaults to whether the file is a terminal, as for ``open()``.
+    ``cbuffer.open(1, "w", closefd=False)`` is a thread-safe ``sys.stdout``.
     """
     if not isinstance(mode, str):
         raise TypeError(f"mode must be str, not {type(mode).__name__}")
-    if mode not in _OPEN_FLAGS:
-        raise ValueError(f"invalid mode: {mode!r} (cbuffer.open takes 'wb', 'ab' or 'xb')")
+    text = mode in _TEXT_MODES
+    if not text:
+        if mode not in _OPEN_FLAGS:
+            raise ValueError(f"invalid mode: {mode!r} (cbuffer.open takes 'wb', 'ab', 'xb', "
+                             "'w', 'a' or 'x')")
+        for name, value in (("encoding", encoding), ("errors", errors), ("newline", newline)):
+            if value is not None:
+                raise ValueError(f"binary mode doesn't take an {name} argument")
+        if line_buffering is not None:
+            writer_options["line_buffering"] = line_buffering
+        if write_through:
+            raise ValueError("binary mode doesn't take a write_through argument")
+    binary_mode = _TEXT_MODES.get(mode, mode)
     if isinstance(file, int) and not isinstance(file, bool):
-        return ConcurrentBufferedWriter(file, **writer_options)
-    path = os.fspath(file)
-    fd = os.open(path, _OPEN_FLAGS[mode] | getattr(os, "O_CLOEXEC", 0), 0o666)
+        writer = ConcurrentBufferedWriter(file, **writer_options)
+    else:
+        path = os.fspath(file)
+        fd = os.open(path, _OPEN_FLAGS[binary_mode] | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            raw = io.FileIO(fd, binary_mode, closefd=True)
+        except BaseException:
+            os.close(fd)
+            raise
+        raw.name = path
+        try:
+            writer = ConcurrentBufferedWriter(raw, **writer_options)
+        except BaseException:
+            raw.close()
+            raise
+        # The sink knows the path from now on, so reopen() works (rotating
+        # handlers put a policy of their own in its place).
+        FileTarget(writer._core, path).attach()
+    if not text:
+        return writer
     try:
-        raw = io.FileIO(fd, mode, closefd=True)
+        if line_buffering is None:
+            line_buffering = writer.isatty()
+        return ConcurrentTextWriter(writer, encoding, errors, newline, line_buffering, write_through)
     except BaseException:
-        os.close(fd)
+        writer.close()
         raise
-    raw.name = path
-    try:
-        writer = ConcurrentBufferedWriter(raw, **writer_options)
-    except BaseException:
-        raw.close()
-        raise
-    # The sink knows the path from now on, so reopen() works (rotating
-    # handlers put a policy of their own in its place).
-    FileTarget(writer._core, path).attach()
-    return writer

@@ -473,7 +473,7 @@ def scenario(sink_name, appends, outdir, timeout):
                 time.sleep(0.0001)
 
     monotonic_keys = ("bytes_written", "flushes", "syscalls", "ring_full_waits", "reservation_retries",
-                      "file_switches")
+                      "file_switches", "dropped", "dropped_bytes")
 
     def stats_racer():
         prev = None

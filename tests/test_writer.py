@@ -461,11 +461,19 @@ def test_open_xb(path):
     assert read(path) == b"created"
 
 
-@pytest.mark.parametrize("mode", ["r", "rb", "w", "a", "x", "wb+", "r+b", "wt", "bw", ""])
+@pytest.mark.parametrize("mode", ["r", "rb", "wb+", "r+b", "bw", "w+", "rt", ""])
 def test_open_bad_mode(path, mode):
     with pytest.raises(ValueError, match="mode"):
         cbuffer.open(path, mode)
     assert not path.exists()
+
+
+@pytest.mark.parametrize("mode", ["w", "a", "x", "wt"])
+def test_open_text_modes_give_a_text_writer(path, mode):
+    with cbuffer.open(path, mode, encoding="utf-8") as w:
+        assert isinstance(w, cbuffer.ConcurrentTextWriter)
+        assert w.write("caf\u00e9\n") == 5
+    assert read(path) == "caf\u00e9\n".encode()
 
 
 def test_open_mode_not_str(path):
