@@ -14,7 +14,7 @@ sanitize = (["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g", "-
 extensions = [
     Extension(f"cbuffer.{name}", [f"cbuffer/{name}.pyx"], include_dirs=["cbuffer"],
               extra_compile_args=cflags + sanitize, extra_link_args=sanitize, libraries=["pthread"])
-    for name in ("_buffer", "_sink", "_ring", "_writer", "_testing")
+    for name in ("_buffer", "_sink", "_ring", "_writer", "_text", "_testing")
 ]
 
 setup(

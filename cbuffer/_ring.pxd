@@ -51,6 +51,13 @@ cdef struct cb_slot:
     char _pad[40]           # keep neighbouring state words on separate cache lines
 
 
+cdef struct cb_lane:
+    cb_atomic_u64 state     # packed state word (_state.pxd); FLUSHING: being moved
+    cb_atomic_u64 writes    # writes taken by this lane (statistics)
+    char *data              # lane_size bytes
+    char _pad[40]           # one cache line per lane: a thread's writes touch only its own
+
+
 cdef struct cb_ring:
     cb_slot *slots          # buffer_count slots
     char *memory            # the one aligned allocation behind every slot's data
@@ -79,7 +86,12 @@ cdef struct cb_ring:
     cb_event space_ev       # a slot opened, an error was set, or closing: writers re-check
     cb_event work_ev        # something to dispatch, or stop: the flusher re-checks
     cb_event done_ev        # written/synced moved, an error was set, a writer left
+    cb_lane *lanes          # open buffers of their own for write() (free-threaded), or NULL
+    uint64_t nlanes         # how many (0: writes go straight to the ring)
+    uint64_t lane_size      # bytes per lane buffer
+    cb_atomic_u64 tell_floor  # tell() with lanes never goes below this
     # statistics (relaxed counters, read by stats())
+    cb_atomic_u64 st_lane_moves  # lane buffers moved into the ring
     cb_atomic_u64 st_writes
     cb_atomic_u64 st_flushes
     cb_atomic_u64 st_full_waits
@@ -89,6 +101,22 @@ cdef struct cb_ring:
     cb_atomic_u64 st_dropped    # writes dropped by on_full="drop"
     cb_atomic_u64 st_dropped_bytes
 
+
+# Write n bytes (n <= lane_size) into the calling thread's lane, when the
+# ring has lanes: no cache line shared with other threads' writes.  The bytes
+# enter the ring's order when the lane is moved into it (lane full, flush,
+# interval, close).  RING_OK, or what moving a full lane met.
+cdef int lane_write(cb_ring *r, const char *src, uint64_t n, double max_wait) noexcept nogil
+
+# Move every lane's bytes (all=True) or the calling thread's (all=False)
+# into the ring, so they are ordered before anything appended after.
+cdef int lanes_move(cb_ring *r, bint all, double max_wait) noexcept nogil
+
+# Give the ring lanes (before any write; 0: none).
+cdef int ring_set_lanes(cb_ring *r, uint64_t nlanes, uint64_t lane_size) except -1
+
+# tell(): ring_position() plus the bytes waiting in lanes, never backwards.
+cdef uint64_t ring_tell(cb_ring *r) noexcept nogil
 
 # Reserve n bytes (n <= size).  RING_OK: *dst is where to copy, *pos the stream
 # position, *slot what to pass to ring_commit once the copy is done.  The
@@ -172,5 +200,6 @@ cdef class BufferRing:
     cdef int _raise_error(self) except -1
     cdef int _raise_raised(self, PyObject *raised) except -1
     cdef int _signals(self) except -1
+    cdef int _move_lanes(self, bint all, double timeout) except -1
     cdef _start_flusher(self)
     cdef _stop_flusher(self, double timeout)

@@ -88,10 +88,11 @@ from cbuffer._sink cimport (
 )
 from cbuffer._state cimport (
     CB_BUSY, CB_FLUSHING, CB_NO_ROOM, CB_OFFSET_MAX, CB_OK, CB_SEALED,
-    CB_SHUT, cb_atomic_init, cb_backoff, cb_backoff_wait, cb_cas_seq_cst,
+    CB_SHUT, cb_atomic_init, cb_backoff, cb_backoff_wait, cb_cas_acq_rel, cb_cas_seq_cst,
     cb_cas_strong_acq_rel, cb_cpu_relax, cb_event_destroy, cb_event_init,
     cb_event_key, cb_event_notify, cb_event_reinit, cb_event_wait, cb_event_waiting,
-    cb_fetch_add_relaxed, cb_fetch_or_acq_rel, cb_fetch_sub_release, cb_load_acquire,
+    cb_fetch_add_relaxed, cb_fetch_and_acq_rel, cb_fetch_or_acq_rel, cb_fetch_sub_release,
+    cb_load_acquire,
     cb_load_relaxed, cb_load_seq_cst, cb_monotonic, cb_mutex_destroy,
     cb_mutex_init, cb_mutex_lock, cb_mutex_trylock, cb_mutex_unlock, cb_store_relaxed,
     cb_store_release, cb_store_seq_cst, state_last_out, state_leave,
@@ -100,6 +101,9 @@ from cbuffer._state cimport (
 
 cdef extern from "Python.h":
     unsigned long PyThread_get_thread_ident() nogil
+
+cdef extern from "_lane.h" nogil:
+    uint64_t cb_my_lane(uint64_t nlanes)
 
 cdef extern from "<signal.h>" nogil:
     ctypedef struct sigset_t:
@@ -341,6 +345,21 @@ cdef uint64_t ring_position(cb_ring *r) noexcept nogil:
         cb_backoff_wait(&spins)
 
 
+cdef uint64_t ring_tell(cb_ring *r) noexcept nogil:
+    """ring_position() plus what waits in lanes: while a lane moves its bytes
+    are briefly counted twice, so the floor keeps the result from going
+    backwards."""
+    cdef uint64_t pos, floor
+    if r.nlanes == 0:
+        return ring_position(r)
+    pos = ring_position(r) + lanes_pending(r)
+    floor = cb_load_acquire(&r.tell_floor)
+    while floor < pos:
+        if cb_cas_acq_rel(&r.tell_floor, &floor, pos):
+            return pos
+    return floor
+
+
 cdef int ring_direct(cb_ring *r, const char *src, uint64_t n, uint64_t *pos,
                      uint64_t *gen, bint own, double max_wait) noexcept nogil:
     cdef uint64_t c, s, prev, g
@@ -421,6 +440,113 @@ cdef void ring_shut(cb_ring *r) noexcept nogil:
     # Writers waiting for space must see closing now.
     cb_event_notify(&r.space_ev)
     cb_event_notify(&r.work_ev)
+
+
+# ---------------------------------------------------------------- lanes
+# A writer on a free-threaded build gives each thread a lane: an open buffer
+# of its own that its write()s fill without touching a cache line another
+# thread's writes touch.  A lane's bytes enter the ring's order (and get
+# their stream positions) when the lane is moved into the ring -- as one
+# append -- because it is full, or a flush, the interval, close() or a
+# sequenced call (append(), a large write) of its thread needs it.  Each
+# thread keeps its lane, so its writes stay in order; a thread's sequenced
+# calls move its lane first.  Lane states use the state word's layout: a
+# SEALED lane takes no writes, FLUSHING marks the one thread moving it, SHUT a
+# lane closed for good.
+
+cdef int lane_move(cb_ring *r, cb_lane *lane, double max_wait) noexcept nogil:
+    """Move ``lane``'s bytes into the ring and open it again.  RING_OK once
+    the lane is open again (moved here, or by another thread meanwhile)."""
+    cdef uint64_t s = cb_load_acquire(&lane.state), n, pos, opened
+    cdef unsigned spins = 0
+    cdef double deadline = -1.0
+    cdef int st
+    while True:
+        if s & CB_FLUSHING:
+            # Another thread is moving it: wait for that (it may wait for room).
+            if max_wait >= 0:
+                if deadline < 0:
+                    deadline = cb_monotonic() + max_wait
+                elif cb_monotonic() >= deadline:
+                    return RING_WOULD_BLOCK
+            cb_backoff_wait(&spins)
+            s = cb_load_acquire(&lane.state)
+            if not (s & CB_FLUSHING):
+                return RING_OK
+            continue
+        if state_offset(s) == 0 and not (s & CB_SEALED):
+            return RING_OK  # open and empty
+        if cb_cas_acq_rel(&lane.state, &s, s | CB_SEALED | CB_FLUSHING):
+            break
+    s = cb_load_acquire(&lane.state)
+    while state_writers(s):  # writers still copying in (a short wait)
+        cb_backoff_wait(&spins)
+        s = cb_load_acquire(&lane.state)
+    n = state_offset(s)
+    if n:
+        st = ring_append(r, lane.data, n, &pos, max_wait)
+        if st != RING_OK:
+            # Keep the bytes: the lane stays sealed, and whoever writes to it
+            # next tries the move again.
+            cb_fetch_and_acq_rel(&lane.state, ~CB_FLUSHING)
+            return st
+        cb_fetch_add_relaxed(&r.st_lane_moves, 1)
+    s = cb_load_acquire(&lane.state)
+    while True:  # open again, or stay shut if close() shut it meanwhile
+        opened = (CB_SEALED | CB_SHUT) if s & CB_SHUT else 0
+        if cb_cas_acq_rel(&lane.state, &s, opened):
+            return RING_OK
+
+
+cdef int lane_write(cb_ring *r, const char *src, uint64_t n, double max_wait) noexcept nogil:
+    cdef cb_lane *lane = &r.lanes[cb_my_lane(r.nlanes)]
+    cdef uint64_t off, retries = 0
+    cdef int st
+    while True:
+        st = state_try_reserve(&lane.state, n, r.lane_size, &off, &retries)
+        if st == CB_OK:
+            memcpy(lane.data + off, src, n)
+            cb_fetch_add_relaxed(&lane.writes, 1)
+            state_leave(&lane.state)
+            return RING_OK
+        if st == CB_BUSY:
+            cb_cpu_relax()
+            continue
+        if cb_load_acquire(&lane.state) & CB_SHUT:
+            return RING_SHUT
+        if cb_load_relaxed(&r.error):
+            return RING_ERROR
+        st = lane_move(r, lane, max_wait)  # full, or being moved: move it / wait for it
+        if st != RING_OK:
+            return st
+
+
+cdef int lanes_move(cb_ring *r, bint all, double max_wait) noexcept nogil:
+    cdef uint64_t i
+    cdef int st
+    if r.nlanes == 0:
+        return RING_OK
+    if not all:
+        return lane_move(r, &r.lanes[cb_my_lane(r.nlanes)], max_wait)
+    for i in range(r.nlanes):
+        st = lane_move(r, &r.lanes[i], max_wait)
+        if st != RING_OK:
+            return st
+    return RING_OK
+
+
+cdef void lanes_shut(cb_ring *r) noexcept nogil:
+    """No lane takes a write again (close()); their bytes still move."""
+    cdef uint64_t i
+    for i in range(r.nlanes):
+        cb_fetch_or_acq_rel(&r.lanes[i].state, CB_SEALED | CB_SHUT)
+
+
+cdef uint64_t lanes_pending(cb_ring *r) noexcept nogil:
+    cdef uint64_t i, total = 0
+    for i in range(r.nlanes):
+        total += state_offset(cb_load_acquire(&r.lanes[i].state))
+    return total
 
 
 # ---------------------------------------------------------------- dispatch
@@ -845,6 +971,8 @@ cdef void flusher_loop(cb_ring *r) noexcept nogil:
             if now >= next_tick:
                 tick = True
                 next_tick = now + r.interval
+        if tick:
+            lanes_move(r, True, 0)  # never waits for room: this thread makes it
         # A flush() waiting on a Python sink wants its bytes written and synced.
         want = cb_load_acquire(&r.want) > cb_load_acquire(&r.synced)
         got = cb_mutex_trylock(&r.dispatch_mu)
@@ -900,6 +1028,27 @@ cdef cb_ring *ring_new(uint64_t count, uint64_t size, uint64_t start) except NUL
     return r
 
 
+cdef int ring_set_lanes(cb_ring *r, uint64_t nlanes, uint64_t lane_size) except -1:
+    """Give the ring ``nlanes`` lanes of ``lane_size`` bytes (before use)."""
+    cdef void *mem = NULL
+    cdef void *data = NULL
+    cdef uint64_t i
+    if nlanes == 0:
+        return 0
+    if (posix_memalign(&mem, 64, nlanes * sizeof(cb_lane)) != 0
+            or posix_memalign(&data, 4096, nlanes * lane_size) != 0):
+        free(mem)
+        raise MemoryError(f"cannot allocate {nlanes} lanes of {lane_size} bytes")
+    r.lanes = <cb_lane *>mem
+    for i in range(nlanes):
+        cb_atomic_init(&r.lanes[i].state, 0)
+        cb_atomic_init(&r.lanes[i].writes, 0)
+        r.lanes[i].data = <char *>data + i * lane_size
+    r.lane_size = lane_size
+    r.nlanes = nlanes
+    return 0
+
+
 cdef void ring_reset(cb_ring *r, uint64_t base) noexcept nogil:
     """Every slot closed, generation `count` about to open at stream
     position ``base``.  Used at creation and in a forked child."""
@@ -928,6 +1077,9 @@ cdef void ring_reset(cb_ring *r, uint64_t base) noexcept nogil:
     cb_atomic_init(&r.park, 0)
     cb_atomic_init(&r.running, 0)
     cb_atomic_init(&r.inline, 0)
+    cb_atomic_init(&r.tell_floor, base)
+    for i in range(r.nlanes):  # (a forked child: the lanes' bytes are the parent's)
+        cb_atomic_init(&r.lanes[i].state, 0)
     ring_try_open(r)
 
 
@@ -940,6 +1092,9 @@ cdef void ring_decref(cb_ring *r) noexcept:
     cb_load_acquire(&r.refs)
     for i in range(r.count):
         free(r.slots[i].tail_copy)
+    if r.nlanes:
+        free(r.lanes[0].data)
+        free(r.lanes)
     sink_clear(&r.sink)
     Py_XDECREF(r.exc)
     cb_event_destroy(&r.space_ev)
@@ -1428,8 +1583,10 @@ cdef class BufferRing:
             return
         if not r.auto_flush or self._close_state == 2 or cb_load_acquire(&r.error):
             return
-        cdef uint64_t target = ring_position(r)
         give_up = time.monotonic() + timeout
+        if not self._move_lanes(True, timeout):
+            return
+        cdef uint64_t target = ring_position(r)
         while True:
             with nogil:
                 st = ring_flush_to(r, target, SIGNAL_CHECK, True, SYNC_RAW, &raised)
@@ -1439,6 +1596,28 @@ cdef class BufferRing:
                 return
             if time.monotonic() >= give_up:
                 return
+            self._signals()
+
+    cdef int _move_lanes(self, bint all, double timeout) except -1:
+        """Move the lanes' bytes into the ring (every lane, or this thread's),
+        running signal handlers while it waits for room; ``timeout`` >= 0
+        bounds the wait (then 0 is returned if it ran out), else it waits as
+        long as it takes.  Raises the sticky error if one stops it."""
+        cdef cb_ring *r = self.ring
+        cdef int st
+        if r.nlanes == 0:
+            return 1
+        give_up = time.monotonic() + timeout if timeout >= 0 else None
+        while True:
+            with nogil:
+                st = lanes_move(r, all, SIGNAL_CHECK)
+            if st == RING_OK or st == RING_SHUT:
+                return 1
+            if st == RING_ERROR:
+                self._raise_error()
+                continue  # cleared meanwhile
+            if give_up is not None and time.monotonic() >= give_up:
+                return 0
             self._signals()
 
     def _stop_python_flusher(self):
@@ -1464,6 +1643,11 @@ cdef class BufferRing:
         cdef bint locked
         if r == NULL or self._close_state == 2:
             return
+        if r.auto_flush and not cb_load_acquire(&r.error):
+            try:
+                self._move_lanes(True, EXIT_WAIT_S)  # while the flusher still makes room
+            except Exception:
+                pass  # sticky on the ring
         self._stop_flusher(EXIT_WAIT_S)
         with nogil:
             locked = ring_lock_dispatch(r, wait)
@@ -1588,6 +1772,13 @@ cdef class BufferRing:
         cdef cb_ring *r = self.ring
         cdef PyObject *raised = NULL
         cdef int st
+        if r.nlanes:
+            with nogil:
+                lanes_shut(r)
+            try:
+                self._move_lanes(True, EXIT_WAIT_S if sys.is_finalizing() else -1.0)
+            except Exception:
+                pass  # a sticky error: raised below, after the ring is shut
         with nogil:
             ring_shut(r)
         if ring_owned_by_me(r):
@@ -1687,7 +1878,7 @@ cdef class BufferRing:
     def tell(self):
         """Stream position of the next byte appended (after everything
         appended so far).  Never goes backwards."""
-        return ring_position(self.ring)
+        return ring_tell(self.ring)
 
     def stats(self):
         """Counters: bytes_written (to the sink), writes, flushes (buffers
@@ -1698,6 +1889,9 @@ cdef class BufferRing:
         for i in range(r.count):
             live += cb_load_relaxed(&r.slots[i].appends)
         cap = cb_load_relaxed(&r.st_capacity)
+        for i in range(r.nlanes):
+            live += cb_load_relaxed(&r.lanes[i].writes)
+        live -= cb_load_relaxed(&r.st_lane_moves)  # a move is one append, of many writes
         return {
             "bytes_written": cb_load_relaxed(&r.sink.written),
             "writes": cb_load_relaxed(&r.st_writes) + live,

@@ -33,6 +33,7 @@ ctypedef int (*sink_sync_fn)(cb_sink *s, bint flush_raw) noexcept nogil
 
 cdef struct cb_sink:
     sink_write_fn write     # take bytes of a batch
+    sink_write_fn base      # a file sink's own writer (fd or pipe), after its checks
     sink_sync_fn sync       # make them durable (fsync where asked; raw.flush())
     int fd                  # destination fd (writev), or -1 for a Python raw
     int poll_fd             # fd to poll for writability, or -1 (sleep instead)

@@ -247,8 +247,8 @@ cdef int file_write(cb_sink *s, const iovec *iov, int cnt, uint64_t *taken) noex
                 why = WHY_MOVED
         if not why and s.roll_at > 0 and wall_clock() >= s.roll_at:
             why = WHY_TIME
-        if not why and s.limit and size > 0 and size + iov[0].iov_len > s.limit:
-            why = WHY_SIZE
+        if not why and s.limit and size > 0 and size + iov[0].iov_len >= s.limit:
+            why = WHY_SIZE  # as RotatingFileHandler: a file stays below maxBytes
         if not why or rounds == 2:
             break  # (after two switches a batch goes where it is: never a loop)
         rc = file_switch(s, why, iov[0].iov_len)
@@ -260,10 +260,10 @@ cdef int file_write(cb_sink *s, const iovec *iov, int cnt, uint64_t *taken) noex
     if s.limit:
         total = iov[0].iov_len
         k = 1  # one part larger than the limit goes alone (the documented slack)
-        while k < cnt and size + total + iov[k].iov_len <= s.limit:
+        while k < cnt and size + total + iov[k].iov_len < s.limit:
             total += iov[k].iov_len
             k += 1
-    return fd_write(s, iov, k, taken)
+    return s.base(s, iov, k, taken)
 
 
 cdef int sink_init_file(cb_sink *s, object policy, bytes path, uint64_t limit,
@@ -283,6 +283,8 @@ cdef int sink_init_file(cb_sink *s, object policy, bytes path, uint64_t limit,
     s.watch = watch
     cb_atomic_init(&s.reopen, 0)
     cb_atomic_init(&s.switches, 0)
+    if s.write != file_write:
+        s.base = s.write  # the fd or pipe writer the checks lead to
     s.write = file_write
     return 0
 

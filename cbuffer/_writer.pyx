@@ -23,11 +23,12 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memchr, memcpy
 
 from cbuffer._ring cimport (
-    RING_ERROR, RING_OK, RING_OWNED, RING_WOULD_BLOCK, SIGNAL_CHECK, SYNC_NONE, SYNC_RAW,
+    RING_ERROR, RING_OK, RING_OWNED, RING_SHUT, RING_WOULD_BLOCK, SIGNAL_CHECK, SYNC_NONE,
+    SYNC_RAW,
     BufferRing, cb_ring, ring_detach_tail, ring_direct, ring_flush_to, ring_owned_by_me,
     ring_position,
 )
-from cbuffer._ring cimport ring_lock_dispatch
+from cbuffer._ring cimport lane_write, ring_lock_dispatch, ring_set_lanes, ring_tell
 from cbuffer._sink cimport (
     sink_clear_file, sink_init_fd, sink_init_file, sink_init_pipe, sink_init_python,
 )
@@ -57,6 +58,24 @@ cdef enum:
     ON_FULL_RAISE = 2
 
 _ON_FULL = {"block": ON_FULL_BLOCK, "drop": ON_FULL_DROP, "raise": ON_FULL_RAISE}
+
+
+def _lanes(lanes, auto_flush, on_full):
+    """How many lanes a writer gets: by default one per CPU (up to 8) where
+    threads really run at once (free-threaded builds), none with the GIL;
+    none when writes must not wait (auto_flush=False, on_full not "block")."""
+    if lanes is None:
+        gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+        lanes = 0 if gil else min(8, os.cpu_count() or 1)
+        if lanes < 2:
+            lanes = 0
+    elif isinstance(lanes, bool) or not isinstance(lanes, int):
+        raise TypeError(f"lanes must be an int or None, not {type(lanes).__name__}")
+    elif lanes < 0 or lanes > 256:
+        raise ValueError(f"lanes must be between 0 and 256, got {lanes}")
+    if not auto_flush or on_full != "block":
+        return 0
+    return lanes
 
 
 cdef object _closed_error():
@@ -105,12 +124,19 @@ cdef class WriterCore(BufferRing):
     cdef readonly bint fsync
     cdef readonly object flush_interval
     cdef readonly object on_full
+    cdef readonly bint lazy_flush
     cdef int _on_full               # ON_FULL_BLOCK, ON_FULL_DROP or ON_FULL_RAISE
 
     def __init__(self, raw, buffer_size, buffer_count=4, flush_interval=None,
                  line_buffering=False, fsync=False, auto_flush=True, closefd=True,
-                 on_full="block"):
+                 on_full="block", lanes=None, lazy_flush=False):
         _check_geometry(buffer_count, buffer_size)
+        lanes = _lanes(lanes, auto_flush, on_full)
+        if lazy_flush:
+            if not auto_flush:
+                raise ValueError("lazy_flush needs auto_flush=True")
+            if flush_interval is None:
+                flush_interval = 1.0  # lazily flushed bytes still go within a second
         if on_full not in _ON_FULL:
             raise ValueError(f"on_full must be 'block', 'drop' or 'raise', not {on_full!r}")
         interval = 0.0
@@ -150,6 +176,7 @@ cdef class WriterCore(BufferRing):
 
         start = _start_position(raw, fd)
         self._setup(buffer_count, buffer_size, bool(auto_flush), True, start, interval)
+        ring_set_lanes(self.ring, lanes, max(4096, min(16384, buffer_size // 4 // 4096 * 4096)))
         if fd >= 0:
             mode = os.fstat(fd).st_mode
             if stat.S_ISFIFO(mode):
@@ -169,11 +196,12 @@ cdef class WriterCore(BufferRing):
         self.flush_interval = flush_interval
         self._on_full = _ON_FULL[on_full]
         self.on_full = on_full
+        self.lazy_flush = bool(lazy_flush)
         _register(self)
 
     # -- the write path
 
-    cdef int _put(self, const char *src, Py_ssize_t n, uint64_t *pos) except -1:
+    cdef int _put(self, const char *src, Py_ssize_t n, uint64_t *pos, bint sequenced) except -1:
         cdef cb_ring *r = self.ring
         cdef int st
         if self._close_state:
@@ -182,6 +210,10 @@ cdef class WriterCore(BufferRing):
             return 0  # nothing to take, nothing to wait for
         if not cb_load_relaxed(&r.running) and r.auto_flush:
             self._start_flusher()
+        if r.nlanes:
+            if not sequenced and <uint64_t>n <= r.lane_size:
+                return self._put_lane(src, n)
+            self._move_lanes(False, -1.0)  # this thread's earlier writes go first
         if <uint64_t>n > r.size:
             if self._on_full != ON_FULL_BLOCK:
                 return self._put_queued(src, n, pos)
@@ -194,6 +226,23 @@ cdef class WriterCore(BufferRing):
                 return self._full(n)
             if not self._raise_status(st, n):
                 return 0
+
+    cdef int _put_lane(self, const char *src, Py_ssize_t n) except -1:
+        """A write into this thread's lane (no position needed)."""
+        cdef cb_ring *r = self.ring
+        cdef int st = lane_write(r, src, n, 0)
+        while st != RING_OK:
+            if st == RING_WOULD_BLOCK:
+                self._signals()
+            elif st == RING_ERROR:
+                self._raise_error()  # (or it was cleared meanwhile: try again)
+            elif st == RING_SHUT:
+                raise _closed_error()
+            else:
+                return self._raise_status(st, n)
+            with nogil:
+                st = lane_write(r, src, n, SIGNAL_CHECK)
+        return 0
 
     cdef int _full(self, Py_ssize_t n) except -1:
         """The ring cannot take n bytes now: drop them or raise, nothing written."""
@@ -334,13 +383,13 @@ cdef class WriterCore(BufferRing):
         cdef Py_ssize_t n
         if PyBytes_CheckExact(b):
             n = PyBytes_GET_SIZE(b)
-            self._put(PyBytes_AS_STRING(b), n, &pos)
+            self._put(PyBytes_AS_STRING(b), n, &pos, False)
             if self.line_buffering and memchr(PyBytes_AS_STRING(b), 10, n) != NULL:
                 self._flush_all()
             return n
         PyObject_GetBuffer(b, &view, PyBUF_SIMPLE)
         try:
-            self._put(<const char *>view.buf, view.len, &pos)
+            self._put(<const char *>view.buf, view.len, &pos, False)
             if self.line_buffering and memchr(view.buf, 10, view.len) != NULL:
                 self._flush_all()
             return view.len
@@ -360,8 +409,9 @@ cdef class WriterCore(BufferRing):
             if view.len == 0:
                 if self._close_state == 2:
                     raise _closed_error()
+                self._move_lanes(False, -1.0)  # after this thread's writes, as a write would be
                 return ring_position(self.ring)
-            self._put(<const char *>view.buf, view.len, &pos)
+            self._put(<const char *>view.buf, view.len, &pos, True)
             if self.line_buffering and memchr(view.buf, 10, view.len) != NULL:
                 self._flush_all()
         finally:
@@ -375,12 +425,18 @@ cdef class WriterCore(BufferRing):
             raise ValueError("flush of closed file")
         if cb_load_acquire(&self.ring.error):
             self._raise_error()
+        self._move_lanes(True, -1.0)
         return self._flush_to(ring_position(self.ring), True, SYNC_RAW)
 
     def flush(self):
         """Hand every write that returned before this call to the sink (and
         fsync it with ``fsync=True``; call a Python raw's ``flush()``); raise
-        the sticky error if one is set."""
+        the sticky error if one is set.  With ``lazy_flush`` only the error
+        is raised: the flusher hands the bytes over within flush_interval."""
+        if self.lazy_flush and self._close_state == 0:
+            if cb_load_acquire(&self.ring.error):
+                self._raise_error()
+            return
         self._flush_all()
 
     # -- the file behind a writer opened from a path
@@ -532,4 +588,9 @@ cdef class WriterCore(BufferRing):
     def tell(self):
         if self._close_state == 2:
             raise ValueError("I/O operation on closed file.")
-        return ring_position(self.ring)
+        return ring_tell(self.ring)
+
+    @property
+    def lanes(self):
+        """Lanes (open buffers of their own) threads write() into; 0: none."""
+        return self.ring.nlanes

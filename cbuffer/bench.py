@@ -8,6 +8,10 @@ every candidate, then rep 2, ...), so a noisy machine disturbs them alike.
 Throughputs are medians over the repetitions, with their min-max spread.
 Each thread writes through its own bound ``write`` (on free-threaded builds a
 shared callable's reference count alone would serialise the threads).
+
+The flush cases (write + flush per record, flush latency, loguru and
+structlog) live in ``cbuffer.bench_flush``, the text writer's in
+``cbuffer.bench_text``; ``--cases`` picks case groups.
 """
 import argparse
 import io
@@ -23,8 +27,10 @@ import tracemalloc
 from array import array
 
 import cbuffer
+from cbuffer import bench_text
 
 THREADS = (1, 4, 8, 16)
+CASES = ("throughput", "spiky", "flush", "flush-latency", "loggers", "nogil", "alloc", "text")
 
 
 # ------------------------------------------------------------------ writers
@@ -399,12 +405,12 @@ def machine():
             f"{cpus} CPUs {model}").strip()
 
 
-def report(args, tp, spiky, nogil, alloc):
-    lines = [f"machine: {machine()}",
-             f"cbuffer {cbuffer.__version__}, buffer_size {cbuffer.DEFAULT_BUFFER_SIZE}, "
-             f"io.DEFAULT_BUFFER_SIZE {io.DEFAULT_BUFFER_SIZE}; {args.reps} interleaved reps, "
-             f"median [min-max] writes/s", ""]
-    verdicts = []
+def fmt_load(load):
+    return "/".join(f"{x:.2f}" for x in load)
+
+
+def report_throughput(args, tp, lines, verdicts):
+    """The throughput tables (appended to ``lines``) and their verdicts."""
     others = [w for w in args.writers if w not in ("cbuffer", "no-op")]
     for sink in ("/dev/null", "tmpfs"):
         for size in (64, 4096):
@@ -441,6 +447,22 @@ def report(args, tp, spiky, nogil, alloc):
         ratio = statistics.median(tp[("/dev/null", 64, 1, "io")]) / statistics.median(
             tp[("/dev/null", 64, 1, "cbuffer")])
         verdicts.insert(0, ("/dev/null 64B 1t: cbuffer time per write / io's", ratio, 1.0, ratio <= 1.0))
+
+
+def report(args, results):
+    """The tables and the targets' verdicts for the case groups that ran
+    (``results``: group name -> what its case function returned)."""
+    lines = [f"machine: {machine()}",
+             f"cbuffer {cbuffer.__version__}, buffer_size {cbuffer.DEFAULT_BUFFER_SIZE}, "
+             f"io.DEFAULT_BUFFER_SIZE {io.DEFAULT_BUFFER_SIZE}; {args.reps} interleaved reps, "
+             f"median [min-max] writes/s",
+             # other work on the machine changes ratios, not only rates: say how busy it was
+             f"load average (1/5/15 min) at the start {fmt_load(args.load_start)}, "
+             f"at the end {fmt_load(os.getloadavg())}", ""]
+    verdicts = []
+    if "throughput" in results:
+        report_throughput(args, results["throughput"], lines, verdicts)
+    spiky, nogil, alloc = (results.get(k) for k in ("spiky", "nogil", "alloc"))
     if spiky:
         lines.append("sinks with latency spikes, 4 threads, 4096 B records (medians; 'paced': writers")
         lines.append("offer half of what the sink alone takes, in bursts of 16 writes)")
@@ -470,6 +492,19 @@ def report(args, tp, spiky, nogil, alloc):
         lines.append(f"nogil, 2 threads: ring appends {fmt_rate(statistics.median(appends))}/s, "
                      f"bare fetch_add {fmt_rate(statistics.median(adds))}/s")
         verdicts.append(("nogil 2t: C-level appends / bare fetch_add", ratio, 0.4, ratio >= 0.4))
+    from cbuffer import bench_flush  # here: it imports this module
+
+    for case, part in (("flush", bench_flush.report_flush),
+                       ("flush-latency", bench_flush.report_flush_latency),
+                       ("loggers", bench_flush.report_loggers)):
+        if case in results:
+            more, checks = part(results[case])
+            lines += more
+            verdicts += checks
+    if "text" in results:
+        more, checks = results["text"]
+        lines += more + [""]
+        verdicts += checks
     if alloc:
         (peak1, peak2), stats = alloc
         lines.append(f"allocation: peak traced memory over 1M writes {peak1} B, over 2M writes {peak2} B; "
@@ -482,7 +517,10 @@ def report(args, tp, spiky, nogil, alloc):
     lines.append("")
     lines.append("targets")
     for what, value, target, ok in verdicts:
-        lines.append(f"  {'PASS' if ok else 'MISS'}  {what}: {value:.3g} (target {target:g})")
+        if ok is None:  # not measured here; ``what`` says why
+            lines.append(f"  SKIP  {what} (target {target:g})")
+        else:
+            lines.append(f"  {'PASS' if ok else 'MISS'}  {what}: {value:.3g} (target {target:g})")
     return "\n".join(lines)
 
 
@@ -511,17 +549,36 @@ def plot(tp, args, path):
     fig.savefig(path, dpi=110)
 
 
+def parse_cases(text):
+    cases = list(CASES) if text == "all" else [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown case group(s) {', '.join(unknown)}; "
+                                         f"choose from {', '.join(CASES)}")
+    return cases
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m cbuffer.bench", description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=10, help="interleaved repetitions (default 10)")
     p.add_argument("--quick", action="store_true", help="a short smoke run")
+    p.add_argument("--cases", type=parse_cases, default=list(CASES), metavar="GROUPS",
+                   help=f"comma-separated case groups to run, default all: {','.join(CASES)}")
     p.add_argument("--plot", metavar="PNG", help="save throughput vs threads here (needs matplotlib)")
     p.add_argument("--writers", default="cbuffer,io,io-64k,lock+bytearray,no-op",
-                   help="comma-separated: cbuffer, io, io-64k, lock+bytearray, os.write, "
-                        "no-op (the interpreter's floor: the loop alone)")
+                   help="for the throughput cases, comma-separated: cbuffer, io, io-64k, lock+bytearray, "
+                        "os.write, no-op (the interpreter's floor: the loop alone)")
     p.add_argument("--no-spiky", action="store_true", help="skip the fsync-file and pausing-pipe cases")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-text", action="store_true",
+                   help="skip print-8t and pipe-json (the text writer: cbuffer.bench_text)")
     args = p.parse_args(argv)
+    from cbuffer import bench_flush  # here: it imports this module
+
+    args.load_start = os.getloadavg()
+    for flag, case in ((args.no_spiky, "spiky"), (args.no_text, "text")):
+        if flag and case in args.cases:
+            args.cases.remove(case)
     args.writers = args.writers.split(",")
     args.threads = THREADS
     scale = 10 if args.quick else 1
@@ -532,18 +589,38 @@ def main(argv=None):
     args.writes_pipe = 100_000 // scale
     args.nogil_appends = 4_000_000 // scale
     args.spiky_reps = max(3, args.reps // 2)
-    total = 2 * 2 * len(args.threads) * args.reps * len(args.writers) + args.reps
-    if not args.no_spiky:
-        total += 2 * 6 * args.spiky_reps
-    progress = Progress(total, not args.no_progress)
-    tp = throughput_cases(args, progress)
-    spiky = None if args.no_spiky else spiky_cases(args, progress)
-    nogil = nogil_case(args, progress)
-    alloc = allocation_case(100_000 if args.quick else 1_000_000)
-    print(report(args, tp, spiky, nogil, alloc))
+    steps = {"throughput": 2 * 2 * len(args.threads) * args.reps * len(args.writers),
+             "spiky": 2 * 6 * args.spiky_reps, "nogil": args.reps,
+             "text": bench_text.steps(args.reps, args.quick)}
+    steps.update(bench_flush.case_counts(args))
+    progress = Progress(sum(steps.get(c, 0) for c in args.cases), not args.no_progress)
+    results = {}
+    for case in CASES:  # in this order whatever the order given
+        if case not in args.cases:
+            continue
+        if case == "throughput":
+            results[case] = throughput_cases(args, progress)
+        elif case == "spiky":
+            results[case] = spiky_cases(args, progress)
+        elif case == "flush":
+            results[case] = bench_flush.flush_cases(args, progress)
+        elif case == "flush-latency":
+            results[case] = bench_flush.flush_latency_cases(args, progress)
+        elif case == "loggers":
+            results[case] = bench_flush.logger_cases(args, progress)
+        elif case == "nogil":
+            results[case] = nogil_case(args, progress)
+        elif case == "alloc":
+            results[case] = allocation_case(100_000 if args.quick else 1_000_000)
+        elif case == "text":
+            results[case] = bench_text.run(args.reps, args.quick, progress=progress.step)
+    print(report(args, results))
     if args.plot:
-        plot(tp, args, args.plot)
-        print(f"plot saved to {args.plot}")
+        if "throughput" in results:
+            plot(results["throughput"], args, args.plot)
+            print(f"plot saved to {args.plot}")
+        else:
+            print("no plot: the throughput cases did not run")
 
 
 if __name__ == "__main__":

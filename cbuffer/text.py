@@ -4,10 +4,11 @@
 ``write()`` calls per line, so even a thread-safe byte writer below it cannot
 keep a line whole.  ``ConcurrentTextWriter`` keeps each thread's partial line
 in that thread's own buffer until its newline (or ``flush()``/``close()``),
-then encodes the whole line(s) and hands them to the byte writer with one
-``write()``, which lands contiguously.  Encoding, ``errors``, ``newline``
-translation and ``line_buffering`` are ``io.TextIOWrapper``'s (as
-``_pyio.TextIOWrapper`` defines them).
+then hands the whole line(s) to the byte writer with one ``write()``, which
+lands contiguously.  Encoding, ``errors``, ``newline`` translation,
+``line_buffering`` and ``write_through`` are ``io.TextIOWrapper``'s (as
+``_pyio.TextIOWrapper`` defines them).  The write path is compiled
+(``_text.pyx``).
 """
 import atexit
 import codecs
@@ -16,13 +17,16 @@ import locale
 import os
 import sys
 import threading
+import time
 import weakref
+
+from cbuffer._text import TextCore
 
 __all__ = ["ConcurrentTextWriter"]
 
 # Codecs whose encoder starts a stream with a byte order mark: text is encoded
-# without it and the mark is written once, at the start of an empty file, as
-# io.TextIOWrapper does.
+# without it and the mark is written once, before the first byte of an empty
+# file, as io.TextIOWrapper does.
 _BOM_CODECS = {
     "utf-8-sig": ("utf-8", codecs.BOM_UTF8),
     "utf-16": ("utf-16-le" if sys.byteorder == "little" else "utf-16-be", codecs.BOM_UTF16),
@@ -30,34 +34,69 @@ _BOM_CODECS = {
 }
 
 
+def locale_encoding():
+    getencoding = getattr(locale, "getencoding", None)  # 3.11+
+    if sys.flags.utf8_mode:
+        return "utf-8"
+    if getencoding is not None:
+        return getencoding()
+    return locale.getpreferredencoding(False)
+
+
 def resolve_encoding(encoding):
     """The codec each piece of text is encoded with and the BOM an empty
     file starts with, for an encoding as ``open()`` takes it (None and
     ``"locale"`` mean the locale's encoding)."""
     if encoding is None or encoding == "locale":
-        getencoding = getattr(locale, "getencoding", None)  # 3.11+
-        if sys.flags.utf8_mode:
-            encoding = "utf-8"
-        elif getencoding is not None:
-            encoding = getencoding()
-        else:
-            encoding = locale.getpreferredencoding(False)
+        encoding = locale_encoding()
     if not isinstance(encoding, str):
-        raise ValueError(f"invalid encoding: {encoding!r}")
-    info = codecs.lookup(encoding)  # LookupError, as open() raises
+        raise TypeError(f"encoding must be str or None, not {type(encoding).__name__}")
+    encoding.encode("utf-8")  # UnicodeEncodeError for a lone surrogate, as io
+    info = codecs.lookup(encoding)  # LookupError (ValueError for a null), as open() raises
     if not getattr(info, "_is_text_encoding", True):
         raise LookupError(f"{encoding!r} is not a text encoding; "
                           "use codecs.open() to handle arbitrary codecs")
     return _BOM_CODECS.get(info.name, (info.name, b""))
 
 
-class _Line:
-    """One thread's partial line (the pieces written since its last newline)."""
+def _check_errors(errors):
+    if errors is None:
+        return "strict"
+    if not isinstance(errors, str):
+        raise TypeError(f"errors must be str or None, not {type(errors).__name__}")
+    if "\0" in errors:
+        raise ValueError("embedded null character")
+    try:
+        errors.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnicodeEncodeError("utf-8", errors, 0, len(errors), "surrogates not allowed") from None
+    if sys.flags.dev_mode:  # as io: the handler is looked up early in development mode
+        codecs.lookup_error(errors)
+    return errors
 
-    __slots__ = ("parts", "__weakref__")
 
-    def __init__(self):
-        self.parts = []
+def _same_sticky_error(a, b):
+    """Two raises of one sticky error of the byte writer (each is a fresh
+    copy with the sink's own exception as its cause)."""
+    cause = getattr(a, "__cause__", None)
+    return cause is not None and cause is getattr(b, "__cause__", None) or (
+        type(a) is type(b) and isinstance(a, OSError) and a.errno == b.errno
+        and a.args == b.args)
+
+
+def _check_newline(newline):
+    if newline is not None and not isinstance(newline, str):
+        raise TypeError(f"illegal newline type: {type(newline).__name__}")
+    if newline not in (None, "", "\n", "\r", "\r\n"):
+        raise ValueError(f"illegal newline value: {newline!r}")
+    nl = None if newline in ("", "\n") else (newline or os.linesep)
+    return None if nl == "\n" else nl
+
+
+class _Local(threading.local):
+    # The class attribute makes a thread's first lookup as cheap as the rest
+    # (a missing attribute on a threading.local costs ten times more).
+    line = None
 
 
 # Text writers alive, so exit and fork can deal with partial lines.
@@ -84,39 +123,39 @@ class ConcurrentTextWriter(io.TextIOBase):
     ``cbuffer.open(1, "w", closefd=False)``, a thread-safe ``sys.stdout``.
     """
 
+    _core = None
+    _detached = False
+
     def __init__(self, buffer, encoding=None, errors=None, newline=None, line_buffering=False,
                  write_through=False):
-        if newline is not None and not isinstance(newline, str):
-            raise TypeError(f"illegal newline type: {type(newline).__name__}")
-        if newline not in (None, "", "\n", "\r", "\r\n"):
-            raise ValueError(f"illegal newline value: {newline!r}")
-        if errors is None:
-            errors = "strict"
-        elif not isinstance(errors, str):
-            raise ValueError(f"invalid errors: {errors!r}")
+        if encoding is not None and not isinstance(encoding, str):
+            raise TypeError(f"encoding must be str or None, not {type(encoding).__name__}")
         if hasattr(io, "text_encoding"):  # 3.10+: EncodingWarning with -X warn_default_encoding
-            encoding = io.text_encoding(encoding)
-        self._codec, bom = resolve_encoding(encoding)
-        self._buffer = buffer
-        self._encoding = encoding if encoding != "locale" else self._codec
-        self._errors = errors
-        self._newline = newline
-        self._writenl = None if newline in ("", "\n") else (newline or os.linesep)
-        if self._writenl == "\n":
-            self._writenl = None
-        self._line_buffering = bool(line_buffering)
-        self._write_through = bool(write_through)
-        self._local = threading.local()
-        self._pending = set()  # the _Line of every thread with a partial line
-        self._write = buffer.write
+            encoding = io.text_encoding(encoding, 2)
+        if encoding == "locale":
+            encoding = locale_encoding()
+        codec, bom = resolve_encoding(encoding)
+        errors = _check_errors(errors)
+        writenl = _check_newline(newline)
         if bom:
             try:
-                at_start = buffer.tell() == 0
-            except (OSError, ValueError):
-                at_start = False
-            if at_start:
-                buffer.write(bom)
+                bom = bom if buffer.tell() == 0 else b""
+            except (AttributeError, OSError, ValueError):
+                bom = b""
+        self._encoding = encoding
+        self._newline = newline
+        self._core = core = TextCore(buffer, codec, errors, writenl, bool(line_buffering),
+                                     bool(write_through), _Local(), bom)
+        self._close_lock = threading.Lock()
+        if type(self).write is ConcurrentTextWriter.write:
+            self.write = core.write  # the compiled write, no Python frame
         _writers.add(self)
+
+    def _c(self):
+        core = self._core
+        if core is None:
+            raise ValueError("I/O operation on uninitialized object")
+        return core
 
     # -- writing
 
@@ -127,120 +166,141 @@ class ConcurrentTextWriter(io.TextIOBase):
         byte writer at once, in one ``write()``; a partial line waits in this
         thread's buffer for the rest of it.
         """
-        if not isinstance(s, str):
-            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        if self._buffer.closed:
-            raise ValueError("write to closed file")
-        n = len(s)
-        if self._write_through:
-            self._emit(s)
-            return n
-        nl = s.rfind("\n")
-        line = getattr(self._local, "line", None)
-        if nl < 0:
-            if n:
-                if line is None:
-                    line = self._local.line = _Line()
-                if not line.parts:
-                    self._pending.add(line)
-                line.parts.append(s)
-            if self._line_buffering and "\r" in s:
-                self._flush_line(line)
-                self._buffer.flush()
-            return n
-        end = nl + 1
-        if line is not None and line.parts:
-            line.parts.append(s[:end] if end < n else s)
-            text = "".join(line.parts)
-            line.parts.clear()
-            if end == n:
-                self._pending.discard(line)
-            else:
-                line.parts.append(s[end:])
-        elif end == n:
-            text = s
-        else:
-            text = s[:end]
-            if line is None:
-                line = self._local.line = _Line()
-            line.parts.append(s[end:])
-            self._pending.add(line)
-        self._emit(text)
-        if self._line_buffering:
-            self._buffer.flush()
-        return n
-
-    def _emit(self, text):
-        if self._writenl is not None and "\n" in text:
-            text = text.replace("\n", self._writenl)
-        self._write(text.encode(self._codec, self._errors))
-
-    def _flush_line(self, line):
-        """Hand this thread's partial line over as it is."""
-        if line is not None and line.parts:
-            text = "".join(line.parts)
-            line.parts.clear()
-            self._pending.discard(line)
-            self._emit(text)
-
-    def _flush_all_lines(self):
-        """Every thread's partial line (close(), exit)."""
-        while True:
-            try:
-                lines = list(self._pending)
-                break
-            except RuntimeError:
-                continue  # another thread added one meanwhile
-        for line in lines:
-            self._flush_line(line)
+        return self._c().write(s)
 
     def flush(self):
         """Hand this thread's partial line and everything written before it
         to the byte writer, and flush that (every write that returned before
         this call is on the sink when it returns)."""
-        if self._buffer.closed:
+        core = self._c()
+        if core.closed:
             raise ValueError("I/O operation on closed file.")
-        self._flush_line(getattr(self._local, "line", None))
-        self._buffer.flush()
+        core.hand_over_mine()
+        core.buffer.flush()
 
     def close(self):
-        """Hand every thread's partial line over, then close the byte writer
-        (and its raw, unless ``closefd=False``).  Idempotent."""
-        buffer = self._buffer
-        if buffer.closed:
+        """``flush()`` (a subclass's too), every thread's partial line, then
+        close the byte writer (and its raw, unless ``closefd=False``), even
+        when the flush failed, chaining the errors as io does.  Idempotent."""
+        core = self._core
+        if core is None or core.closed:
             return
+        with self._close_lock:
+            if core.closed or core.closing:
+                return
+            core.begin_close()  # writes of other threads are refused from now on
         try:
-            self._flush_all_lines()
+            flush_error = None
+            try:
+                self.flush()
+                # Writes that began before close() did land (or raise): wait
+                # for them, then hand every partial line over.
+                while core.busy_lines():
+                    time.sleep(0.0005)
+                core.hand_over_all()
+            except Exception as exc:
+                flush_error = exc
+            buffer = core.buffer
+            close_error = None
+            try:
+                if not getattr(buffer, "closed", False):
+                    buffer.close()
+            except BaseException as exc:
+                close_error = exc
+            if close_error is not None and not (
+                    flush_error is not None and _same_sticky_error(close_error, flush_error)):
+                if flush_error is not None and close_error.__context__ is None:
+                    close_error.__context__ = flush_error
+                raise close_error
+            if flush_error is not None:  # (raised once, not again by the byte writer's close)
+                raise flush_error
         finally:
+            core.closed = bool(getattr(core.buffer, "closed", True))
+            if not core.closed:
+                core.abort_close()  # the close failed: it may be called again
             _writers.discard(self)
-            buffer.close()
 
     def detach(self):
-        """Flush every partial line and return the byte writer; this text
-        writer is unusable afterwards."""
-        self._flush_all_lines()
-        buffer, self._buffer = self._buffer, _Detached()
-        buffer.flush()
-        return buffer
+        """Hand every partial line over, flush, and return the byte writer;
+        this text writer is unusable afterwards (its attributes stay)."""
+        core = self._c()
+        if core.closed:
+            raise ValueError("underlying buffer has been detached" if self._detached
+                             else "I/O operation on closed file.")
+        core.hand_over_all()
+        core.buffer.flush()
+        core.closed = True
+        self._detached = True
+        _writers.discard(self)
+        return core.buffer
 
-    def __del__(self):
-        buffer = getattr(self, "_buffer", None)
-        if buffer is None or isinstance(buffer, _Detached) or buffer.closed:
+    def reconfigure(self, *, encoding=None, errors=None, newline=Ellipsis, line_buffering=None,
+                    write_through=None):
+        """Change encoding, errors, newline, line_buffering or write_through
+        for what is written from now on (partial lines already written keep
+        their encoding), as ``io.TextIOWrapper.reconfigure``."""
+        core = self._c()
+        if encoding is not None and not isinstance(encoding, str):
+            raise TypeError(f"encoding must be str or None, not {type(encoding).__name__}")
+        if newline is not Ellipsis:
+            _check_newline(newline)  # before anything changes
+        self.flush()  # as io: what was written so far goes with the old settings
+        if encoding is None:
+            if errors is not None:
+                errors = _check_errors(errors)
+        else:
+            if encoding == "locale":
+                encoding = locale_encoding()
+            try:
+                codec, _ = resolve_encoding(encoding)
+            except ValueError:  # as io's reconfigure: a null in the name is an unknown one
+                raise LookupError(f"unknown encoding: {encoding!r}") from None
+            errors = _check_errors(errors)
+        writenl = core.writenl if newline is Ellipsis else _check_newline(newline)
+        if encoding is not None:
+            core.codec = codec
+            self._encoding = encoding
+        if errors is not None:
+            core.errors = errors
+        if newline is not Ellipsis:
+            core.writenl = writenl
+            self._newline = newline
+        if line_buffering is not None:
+            core.line_buffering = bool(line_buffering)
+        if write_through is not None:
+            core.write_through = bool(write_through)
+
+    def __del__(self, _report=sys.flags.dev_mode or sys.version_info >= (3, 13),
+                _finalizing=sys.is_finalizing):
+        core = self._core
+        if core is None or core.closed:
             return
+        if _finalizing():
+            return  # the exit flush has handed the lines over
         try:
-            self._flush_all_lines()
-        except Exception:
-            pass  # the byte writer's own finalizer flushes and closes what it has
+            # As io: the file a dropped text stream owned says so.
+            dealloc_warn = getattr(core.buffer, "_dealloc_warn", None)
+            if dealloc_warn is not None:
+                dealloc_warn(self)
+        finally:
+            try:
+                self.close()
+            except Exception:
+                if _report:  # as io: reported from 3.13 on, before only in development mode
+                    raise
 
     # -- io.TextIOWrapper's attributes
 
     @property
     def buffer(self):
-        return self._buffer
+        if self._detached:
+            raise ValueError("underlying buffer has been detached")
+        return self._c().buffer
 
     @property
     def closed(self):
-        return self._buffer.closed
+        core = self._core
+        return core is None or core.closed or bool(getattr(core.buffer, "closed", False))
 
     @property
     def encoding(self):
@@ -248,7 +308,7 @@ class ConcurrentTextWriter(io.TextIOBase):
 
     @property
     def errors(self):
-        return self._errors
+        return self._c().errors
 
     @property
     def newlines(self):
@@ -256,26 +316,29 @@ class ConcurrentTextWriter(io.TextIOBase):
 
     @property
     def line_buffering(self):
-        return self._line_buffering
+        return self._c().line_buffering
 
     @property
     def write_through(self):
-        return self._write_through
+        return self._c().write_through
 
     @property
     def name(self):
-        return self._buffer.name
+        return self._c().buffer.name
 
     @property
     def mode(self):
-        mode = getattr(self._buffer, "mode", "wb")
+        mode = getattr(self, "_mode", None)
+        if mode is not None:
+            return mode
+        mode = getattr(self._c().buffer, "mode", "wb")
         return mode.replace("b", "") if isinstance(mode, str) else mode
 
     def fileno(self):
-        return self._buffer.fileno()
+        return self._c().buffer.fileno()
 
     def isatty(self):
-        return self._buffer.isatty()
+        return self._c().buffer.isatty()
 
     def writable(self):
         if self.closed:
@@ -305,28 +368,23 @@ class ConcurrentTextWriter(io.TextIOBase):
 
     def __repr__(self):
         cls = type(self)
+        what = f"{cls.__module__}.{cls.__qualname__}"
         try:
             name = self.name
         except (AttributeError, ValueError):
-            return f"<{cls.__module__}.{cls.__qualname__} encoding={self.encoding!r}>"
-        return f"<{cls.__module__}.{cls.__qualname__} name={name!r} encoding={self.encoding!r}>"
+            return f"<{what} encoding={self._encoding!r}>"
+        return f"<{what} name={name!r} encoding={self._encoding!r}>"
 
     def __getstate__(self):
         raise TypeError(f"cannot pickle {type(self).__name__!r} object")
 
 
-class _Detached:
-    closed = True
-
-    def __getattr__(self, name):
-        raise ValueError("underlying buffer has been detached")
-
-
 def _at_exit():
     for writer in list(_writers):
         try:
-            if not writer.closed:
-                writer._flush_all_lines()
+            core = writer._core
+            if core is not None and not core.closed:
+                core.hand_over_all()
         except Exception:
             pass  # the byte writer's exit flush runs after this
 
@@ -334,10 +392,12 @@ def _at_exit():
 def _after_fork_in_child():
     # Partial lines belong to the parent's threads (the parent writes them).
     for writer in list(_writers):
-        writer._pending.clear()
-        writer._local = threading.local()
+        core = writer._core
+        if core is not None:
+            core.pending.clear()
+            core.local = _Local()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-# Registered after the ring's exit flush, so it runs before it (atexit is LIFO).
+# Registered after the ring's exit flush, so it runs first (atexit is LIFO).
 atexit.register(_at_exit)

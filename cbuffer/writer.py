@@ -48,6 +48,18 @@ class ConcurrentBufferedWriter(io.RawIOBase):
         the sink: ``"block"`` (wait, the default), ``"drop"`` (return without
         writing; ``stats()`` counts ``dropped`` and ``dropped_bytes``) or
         ``"raise"`` (``BlockingIOError``, ``characters_written == 0``).
+    :param bool lazy_flush: ``flush()`` only raises a pending error and
+        returns: the bytes go with the next ``flush_interval`` (default 1 s
+        here) or a full buffer.  For libraries that flush after every record
+        (loguru, structlog): it keeps the batching.  ``close()`` and exit
+        still hand everything over.
+    :param int lanes: open buffers that threads' ``write()`` calls fill
+        without sharing a cache line (each thread keeps one); their bytes
+        join the stream when a lane fills, on ``flush()``, every
+        ``flush_interval``, on ``close()``, and before the same thread's
+        ``append()`` or large write.  Default: one per CPU (up to 8) on a
+        free-threaded build, 0 (every write goes straight to the ring) with
+        the GIL.
 
     ::
 
@@ -59,7 +71,7 @@ class ConcurrentBufferedWriter(io.RawIOBase):
 
     def __init__(self, raw, buffer_size=DEFAULT_BUFFER_SIZE, *, buffer_count=4,
                  flush_interval=None, line_buffering=False, fsync=False,
-                 auto_flush=True, closefd=True, on_full="block"):
+                 auto_flush=True, closefd=True, on_full="block", lanes=None, lazy_flush=False):
         if self._core is not None:
             # Initialised again: until that succeeds the object is unusable,
             # as io's are (the old core flushes when it is dropped).
@@ -67,7 +79,8 @@ class ConcurrentBufferedWriter(io.RawIOBase):
                 self.__dict__.pop(name, None)
             self._core = None
         core = WriterCore(raw, buffer_size, buffer_count, flush_interval,
-                          line_buffering, fsync, auto_flush, closefd, on_full)
+                          line_buffering, fsync, auto_flush, closefd, on_full, lanes,
+                          lazy_flush)
         self._core = core
         # The hot path: the compiled methods themselves, no Python frame --
         # unless a subclass overrides them, as io classes honour overrides.
@@ -130,21 +143,28 @@ class ConcurrentBufferedWriter(io.RawIOBase):
             # when it is freed, and the OS closes the fd.
             return
         try:
-            # As io: a dropped writer that owns an OS file says so, or lets
-            # a raw that owns one say it (io's _dealloc_warn protocol).
-            if core.fd >= 0 and core.closefd:
-                warnings.warn(f"unclosed writer {self!r}", ResourceWarning, stacklevel=2,
-                              source=self)
-            elif core.closefd:
-                dealloc_warn = getattr(core.raw, "_dealloc_warn", None)
-                if dealloc_warn is not None:
-                    dealloc_warn(self)
+            self._dealloc_warn(self)
         finally:
             try:
                 self.close()
             except Exception:
                 if _report:  # as io: reported from 3.13 on, before only in development mode
                     raise
+
+    def _dealloc_warn(self, source):
+        """io's protocol for a stream dropped unclosed: one that owns an OS
+        file warns (ResourceWarning), naming ``source``, the outermost stream
+        (a text writer over this one passes itself); a raw that owns one is
+        asked to."""
+        core = self._core
+        if core is None or core.closed or not core.closefd:
+            return
+        if core.fd >= 0:
+            warnings.warn(f"unclosed file {source!r}", ResourceWarning, stacklevel=3, source=source)
+            return
+        dealloc_warn = getattr(core.raw, "_dealloc_warn", None)
+        if dealloc_warn is not None:
+            dealloc_warn(source)
 
     @property
     def closed(self):
@@ -283,6 +303,8 @@ def open(file, mode="wb", *, encoding=None, errors=None, newline=None, line_buff
     if not isinstance(mode, str):
         raise TypeError(f"mode must be str, not {type(mode).__name__}")
     text = mode in _TEXT_MODES
+    if text and hasattr(io, "text_encoding"):  # an EncodingWarning points at open()'s caller
+        encoding = io.text_encoding(encoding, 2)
     if not text:
         if mode not in _OPEN_FLAGS:
             raise ValueError(f"invalid mode: {mode!r} (cbuffer.open takes 'wb', 'ab', 'xb', "
@@ -319,7 +341,10 @@ def open(file, mode="wb", *, encoding=None, errors=None, newline=None, line_buff
     try:
         if line_buffering is None:
             line_buffering = writer.isatty()
-        return ConcurrentTextWriter(writer, encoding, errors, newline, line_buffering, write_through)
+        text_writer = ConcurrentTextWriter(writer, encoding, errors, newline, line_buffering,
+                                           write_through)
+        text_writer._mode = mode
+        return text_writer
     except BaseException:
         writer.close()
         raise

@@ -231,7 +231,7 @@ def test_destructor_flushes_and_closes(path):
     w = cbuffer.open(path, buffer_size=1 << 20)
     raw = w.raw
     w.write(b"dropped without close")
-    with pytest.warns(ResourceWarning, match="unclosed writer"):
+    with pytest.warns(ResourceWarning, match="unclosed file"):
         del w
         gc.collect()
     assert raw.closed

@@ -1,13 +1,14 @@
 """asv benchmarks: every performance dimension of the problem statement, for
 cbuffer and the baselines (io.BufferedWriter with its default buffer and with
-cbuffer's, a Lock + bytearray buffer, unbuffered os.write).  The measuring
-code is shared with ``python -m cbuffer.bench``."""
+cbuffer's, a Lock + bytearray buffer, unbuffered os.write; loguru and
+structlog over a plain file).  The measuring code is shared with
+``python -m cbuffer.bench`` (cbuffer.bench and cbuffer.bench_flush)."""
 import os
 import statistics
 import time
 
 import cbuffer
-from cbuffer import _testing
+from cbuffer import _testing, bench_flush
 from cbuffer.bench import Sink, allocation_case, disk_dir, make_writer, run, sink_alone, tmpfs_dir
 
 WRITERS = ["cbuffer", "io", "io-64k", "lock+bytearray", "os.write"]
@@ -140,6 +141,63 @@ class FlushLatency:
         os.close(fd)
         os.unlink(path)
         return statistics.median(times)
+
+
+class WriteFlushPerRecord:
+    """Records/s with every 61 B record written and flushed, 1-16 threads,
+    into a regular file in disk_dir() (the file's size is checked)."""
+    params = (list(bench_flush.FLUSH_WRITERS), list(bench_flush.FLUSH_THREADS))
+    param_names = ["writer", "threads"]
+    unit = "records/s"
+
+    def track_records_per_second(self, writer, threads):
+        path = bench_flush.bench_path("asv-flush")
+        return bench_flush.flush_run(writer, path, threads, 0.25)
+
+
+class FlushAfterPending:
+    """Microseconds for flush() after one thread wrote N bytes since the
+    last flush, 64 KiB buffers for both (io: with its default 8 KiB too),
+    into a regular file: median and p99 of many flushes."""
+    params = (["cbuffer", "io-64k", "io"], list(bench_flush.PENDING))
+    param_names = ["writer", "pending"]
+    unit = "us"
+
+    def _times(self, writer, pending):
+        path = bench_flush.bench_path("asv-flush-latency")
+        return bench_flush.flush_latency_run(writer, path, pending, bench_flush.latency_samples(pending))[0]
+
+    def track_flush_median_us(self, writer, pending):
+        lat = self._times(writer, pending)
+        return lat[len(lat) // 2] / 1e3
+
+    def track_flush_p99_us(self, writer, pending):
+        lat = self._times(writer, pending)
+        return lat[min(len(lat) - 1, int(0.99 * len(lat)))] / 1e3
+
+
+class LoggerFlushPerRecord:
+    """Records/s of loguru (stream sink) and structlog (BytesLoggerFactory),
+    which flush after every record, over cbuffer and over a plain file."""
+    params = (sorted(bench_flush.LOGGER_TARGETS), list(bench_flush.LOGGER_TARGETS["loguru"]),
+              list(bench_flush.LOGGER_THREADS))
+    param_names = ["library", "target", "threads"]
+    unit = "records/s"
+
+    def setup(self, lib, target, threads):
+        why = bench_flush.logger_available(lib)
+        if why:
+            raise NotImplementedError(why)
+        if target not in bench_flush.LOGGER_TARGETS[lib]:
+            raise NotImplementedError(f"{lib} has no {target!r} case")
+
+    def track_records_per_second(self, lib, target, threads):
+        path = bench_flush.bench_path("asv-logger")
+        try:
+            return bench_flush.LOGGER_RUNS[lib](target, path, threads, 0.25)
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
 
 
 class Allocation:
