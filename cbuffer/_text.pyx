@@ -109,7 +109,6 @@ cdef class TextCore:
                 continue
         return [line for line in lines if line is not me and line.writing]
 
-
     cdef bytes _encode(self, str text, bint translate):
         if translate and self.writenl is not None:
             text = text.replace("\n", self.writenl)

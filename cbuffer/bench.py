@@ -11,7 +11,10 @@ shared callable's reference count alone would serialise the threads).
 
 The flush cases (write + flush per record, flush latency, loguru and
 structlog) live in ``cbuffer.bench_flush``, the text writer's in
-``cbuffer.bench_text``; ``--cases`` picks case groups.
+``cbuffer.bench_text``, the logging handlers' (records/s through logger.info
+beside the standard handlers, concurrent-log-handler and loguru, rotating
+and not, from threads and processes) in ``cbuffer.bench_logging``;
+``--cases`` picks case groups.
 """
 import argparse
 import io
@@ -30,7 +33,7 @@ import cbuffer
 from cbuffer import bench_text
 
 THREADS = (1, 4, 8, 16)
-CASES = ("throughput", "spiky", "flush", "flush-latency", "loggers", "nogil", "alloc", "text")
+CASES = ("throughput", "spiky", "flush", "flush-latency", "loggers", "nogil", "alloc", "text", "logging")
 
 
 # ------------------------------------------------------------------ writers
@@ -505,6 +508,12 @@ def report(args, results):
         more, checks = results["text"]
         lines += more + [""]
         verdicts += checks
+    if "logging" in results:
+        from cbuffer import bench_logging  # here: it imports this module
+
+        more, checks = bench_logging.logging_report(results["logging"])
+        lines += more + [""]
+        verdicts += checks
     if alloc:
         (peak1, peak2), stats = alloc
         lines.append(f"allocation: peak traced memory over 1M writes {peak1} B, over 2M writes {peak2} B; "
@@ -573,7 +582,7 @@ def main(argv=None):
     p.add_argument("--no-text", action="store_true",
                    help="skip print-8t and pipe-json (the text writer: cbuffer.bench_text)")
     args = p.parse_args(argv)
-    from cbuffer import bench_flush  # here: it imports this module
+    from cbuffer import bench_flush, bench_logging  # here: they import this module
 
     args.load_start = os.getloadavg()
     for flag, case in ((args.no_spiky, "spiky"), (args.no_text, "text")):
@@ -593,6 +602,8 @@ def main(argv=None):
              "spiky": 2 * 6 * args.spiky_reps, "nogil": args.reps,
              "text": bench_text.steps(args.reps, args.quick)}
     steps.update(bench_flush.case_counts(args))
+    if "logging" in args.cases:
+        steps["logging"] = bench_logging.count_runs(args.reps)
     progress = Progress(sum(steps.get(c, 0) for c in args.cases), not args.no_progress)
     results = {}
     for case in CASES:  # in this order whatever the order given
@@ -614,6 +625,9 @@ def main(argv=None):
             results[case] = allocation_case(100_000 if args.quick else 1_000_000)
         elif case == "text":
             results[case] = bench_text.run(args.reps, args.quick, progress=progress.step)
+        elif case == "logging":
+            results[case] = bench_logging.logging_cases(args.reps, 0.1 if args.quick else 0.5,
+                                                        progress=progress)
     print(report(args, results))
     if args.plot:
         if "throughput" in results:
@@ -621,6 +635,8 @@ def main(argv=None):
             print(f"plot saved to {args.plot}")
         else:
             print("no plot: the throughput cases did not run")
+    if "logging" in results and bench_logging.failed(results["logging"]):
+        sys.exit("FAIL: a logging run lost, duplicated or tore records")
 
 
 if __name__ == "__main__":

@@ -380,9 +380,6 @@ class ConcurrentFileHandler(ConcurrentHandler, logging.FileHandler):
             while True:
                 try:
                     stream.write(data)
-                    if self.flush_level is not None and record.levelno >= self.flush_level:
-                        stream.flush()  # on the file before emit returns
-                    return
                 except ValueError:
                     # close() lets go of the writer before closing it, so a
                     # writer refusing writes that is still the stream was
@@ -390,6 +387,12 @@ class ConcurrentFileHandler(ConcurrentHandler, logging.FileHandler):
                     # that is an error.
                     if self.stream is stream:
                         raise
+                else:
+                    level = record.levelno
+                    if (self.flush_level is not None and isinstance(level, int)
+                            and level >= self.flush_level):
+                        stream.flush()  # on the file before emit returns
+                    return
                 stream = self._reopen()
                 if stream is None:
                     return
@@ -436,14 +439,27 @@ class ConcurrentFileHandler(ConcurrentHandler, logging.FileHandler):
         return _StreamHandler.setStream(self, stream)
 
 
+class _FileSize:
+    """A stream as RotatingFileHandler.shouldRollover uses it: tell() is the
+    file's size."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def seek(self, offset, whence=0):
+        return self.tell()
+
+    def tell(self):
+        try:
+            return os.stat(self.path).st_size
+        except OSError:
+            return 0
+
+
 def _check_compress(compress):
     if compress not in (None, False, "gzip"):
         raise ValueError(f"compress must be None or 'gzip', not {compress!r}")
     return bool(compress)
-
-
-def _gzip_namer(name):
-    return name + ".gz"
 
 
 class ConcurrentRotatingFileHandler(ConcurrentFileHandler, logging.handlers.RotatingFileHandler):
@@ -466,7 +482,9 @@ class ConcurrentRotatingFileHandler(ConcurrentFileHandler, logging.handlers.Rota
     may still land in the file just rotated.
 
     :param compress: ``"gzip"`` to compress rotated files in a background
-        thread (names end in ``.gz``; a ``.gz`` appears when complete).
+        thread: backups are ``<path>.N.gz``, the newest ``<path>.1`` until
+        it is compressed (a ``.gz`` appears only complete); ``namer`` and
+        ``rotator`` are not used then.
     The other parameters are :class:`ConcurrentFileHandler`'s.
     """
 
@@ -482,8 +500,6 @@ class ConcurrentRotatingFileHandler(ConcurrentFileHandler, logging.handlers.Rota
         self.maxBytes = maxBytes
         self.backupCount = backupCount
         self.compress = _check_compress(compress)
-        if self.compress:
-            self.namer = _gzip_namer
         ConcurrentFileHandler.__init__(self, filename, mode, encoding, delay, errors, level=level,
                                        flush_level=flush_level, **writer_options)
 
@@ -495,19 +511,11 @@ class ConcurrentRotatingFileHandler(ConcurrentFileHandler, logging.handlers.Rota
         return writer
 
     def shouldRollover(self, record):
-        """Whether ``record`` would bring the file to ``maxBytes`` (the
-        standard handler asks its stream for the position; a writer has
-        none, so the file is asked)."""
-        if self.maxBytes <= 0:
-            return False
-        try:
-            st = os.stat(self.baseFilename)
-        except OSError:
-            return False
-        if not os.path.isfile(self.baseFilename):
-            return False
-        msg = self.format(record) + self.terminator
-        return st.st_size + len(msg) >= self.maxBytes
+        """Whether ``record`` would bring the file to ``maxBytes``: the
+        standard handler's own answer, with the file's size standing in for
+        the stream position it asks for (a writer has none)."""
+        return rotation._RotatingFileHandler.shouldRollover(
+            rotation._View(self, stream=_FileSize(self.baseFilename)), record)
 
     def doRollover(self):
         """Rotate now: what is buffered goes to the current file first."""
@@ -521,6 +529,7 @@ class ConcurrentRotatingFileHandler(ConcurrentFileHandler, logging.handlers.Rota
     def close(self):
         ConcurrentFileHandler.close(self)
         if self.compress:
+            rotation.SizeRotation(None, self, True).sweep()  # also other processes' leftovers
             rotation.compressor.wait(5)
 
 
@@ -533,8 +542,8 @@ class ConcurrentTimedRotatingFileHandler(ConcurrentFileHandler,
     or after the rollover time goes to a fresh file.  Several processes may
     share the path, as for :class:`ConcurrentRotatingFileHandler`.
 
-    :param compress: ``"gzip"`` to compress rotated files in a background
-        thread (names end in ``.gz``).
+    :param compress: ``"gzip"`` to compress each rotated file in a background
+        thread into ``<its name>.gz`` (which appears only complete).
     The other parameters are :class:`ConcurrentFileHandler`'s.
     """
 
@@ -552,8 +561,6 @@ class ConcurrentTimedRotatingFileHandler(ConcurrentFileHandler,
             if name not in keep:
                 setattr(self, name, value)
         self.compress = _check_compress(compress)
-        if self.compress:
-            self.namer = _gzip_namer
         ConcurrentFileHandler.__init__(self, filename, "a", encoding, delay, errors, level=level,
                                        flush_level=flush_level, **writer_options)
 
@@ -573,9 +580,23 @@ class ConcurrentTimedRotatingFileHandler(ConcurrentFileHandler,
             with rotation.path_lock(self.baseFilename):
                 rotation._TimedRotatingFileHandler.doRollover(rotation._View(self))
 
+    def _rotated_files(self):
+        """Rotated files not compressed yet: the standard handler's own
+        match of its suffix, without a ``.gz``."""
+        dirname, basename = os.path.split(self.baseFilename)
+        prefix = basename + "."
+        out = []
+        for name in os.listdir(dirname or "."):
+            if name.startswith(prefix) and not name.endswith(".gz"):
+                suffix = name[len(prefix):]
+                if self.extMatch.match(suffix):
+                    out.append(os.path.join(dirname, name))
+        return out
+
     def close(self):
         ConcurrentFileHandler.close(self)
         if self.compress:
+            rotation.TimedRotation(None, self, True).sweep()
             rotation.compressor.wait(5)
 
 

@@ -85,7 +85,7 @@ class FileTarget:
 
     def __init__(self, core, path):
         self.path = os.fspath(path)
-        self._core = weakref.ref(core)
+        self._core = weakref.ref(core) if core is not None else type(None)
         self._orphans = []  # files opened after the writer went away
 
     def attach(self, limit=0, roll_at=0.0):
@@ -116,15 +116,13 @@ class FileTarget:
 
 class _View:
     """The handler as logging.handlers' doRollover sees it here: no stream to
-    close and ``delay`` set, so it renames and nothing else; what it sets
-    (``rolloverAt``) lands on the handler."""
-
-    stream = None
-    delay = True
+    close and ``delay`` set, so it renames and nothing else (``overrides``
+    replace other attributes); what it sets (``rolloverAt``) lands on the
+    handler."""
 
     def __init__(self, handler, **overrides):
         object.__setattr__(self, "_handler", handler)
-        object.__setattr__(self, "_overrides", overrides)
+        object.__setattr__(self, "_overrides", {"stream": None, "delay": True, **overrides})
 
     def __getattr__(self, name):
         overrides = object.__getattribute__(self, "_overrides")
@@ -137,10 +135,14 @@ class _View:
 
 
 class _Compressor:
-    """One background thread per process gzips rotated files, so neither a
-    writer nor the flusher ever waits for it.  A file is compressed into a
-    temporary name and renamed into place when complete; ``place`` then runs
-    under the path lock."""
+    """One background thread per process gzips rotated files in place, so
+    neither a writer nor the flusher ever waits for it: ``name`` becomes
+    ``name.gz``, written under a temporary name and renamed when complete.
+    The file is found again by its inode under the path lock (a later
+    rotation may have renamed it meanwhile).  The thread leaves when idle,
+    and before fork(), so no cbuffer thread is alive across one."""
+
+    IDLE = 0.5  # seconds without work before the thread leaves
 
     def __init__(self):
         self._queue = queue.Queue()
@@ -149,25 +151,38 @@ class _Compressor:
         self._pending = 0
         self._idle = threading.Condition(self._lock)
 
-    def submit(self, source, place):
+    def submit(self, target, name):
+        """Compress the backup of ``target``'s path now called ``name`` soon
+        (found again by its inode, whatever it is called by then)."""
+        key = _inode_of(name)
+        if key is None:
+            return
         with self._lock:
             self._pending += 1
+            self._queue.put((target, key))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="cbuffer-gzip", daemon=True)
                 self._thread.start()
-        self._queue.put((source, place))
 
     def _run(self):
         while True:
-            source, place = self._queue.get()
             try:
-                packed = source + ".gz-part"
-                with open(source, "rb") as src, gzip.open(packed, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                place(packed)
-                os.remove(source)
+                target, key = self._queue.get(timeout=self.IDLE)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
+            if target is None:  # stop (before fork): the queue stays for later
+                with self._lock:
+                    self._thread = None
+                return
+            try:
+                target.compress_backup(key)
             except Exception:  # the uncompressed file stays: nothing is lost
-                logging.getLogger("cbuffer").exception("compressing %s failed", source)
+                logging.getLogger("cbuffer").exception("compressing a backup of %s failed",
+                                                       target.path)
             finally:
                 with self._lock:
                     self._pending -= 1
@@ -179,20 +194,84 @@ class _Compressor:
         with self._lock:
             return self._idle.wait_for(lambda: not self._pending, timeout)
 
+    def before_fork(self):
+        with self._lock:
+            thread = self._thread
+        if thread is not None and thread.is_alive():
+            # Stop after the file in hand (bounded: a fork must not hang).
+            items = []
+            while True:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._queue.put((None, None))
+            thread.join(2.0)
+            for item in items:
+                self._queue.put(item)
+
+    def after_fork_in_parent(self):
+        with self._lock:
+            if self._pending and (self._thread is None or not self._thread.is_alive()):
+                self._thread = threading.Thread(target=self._run, name="cbuffer-gzip", daemon=True)
+                self._thread.start()
+
+    def after_fork_in_child(self):
+        # The parent compresses what it rotated.
+        self._queue = queue.Queue()
+        self._thread = None
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._idle = threading.Condition(self._lock)
+
 
 compressor = _Compressor()
+os.register_at_fork(before=compressor.before_fork, after_in_parent=compressor.after_fork_in_parent,
+                    after_in_child=compressor.after_fork_in_child)
 _names = itertools.count()
 
 
-def _pending_name(path):
-    return f"{path}.{os.getpid()}-{next(_names)}.rotating"
+def _gzip_in_place(path, key, find):
+    """Compress the backup with inode ``key`` into ``<its name>.gz``.
+    ``find(key)`` names it (under the path lock: a later rotation may rename
+    it meanwhile); the ``.gz`` is written under a temporary name and appears
+    only complete."""
+    with path_lock(path):
+        name = find(key)
+        if name is None:
+            return  # deleted (retention) or compressed by another process
+        src = open(name, "rb")
+    with src:
+        part = f"{path}.{os.getpid()}-{next(_names)}.gz-part"
+        try:
+            with gzip.open(part, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            with path_lock(path):
+                now = find(key)
+                if now is None:
+                    os.remove(part)  # gone meanwhile: nothing to keep
+                    return
+                os.replace(part, now + ".gz")
+                os.remove(now)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(part)
+            raise
+
+
+def _inode_of(name):
+    try:
+        st = os.stat(name)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_dev
 
 
 class SizeRotation(FileTarget):
     """Rotation by size, as ``logging.handlers.RotatingFileHandler`` names
     and keeps files: a batch that would bring the file to ``maxBytes`` goes
-    to a fresh one.  With ``compress`` the file is moved aside at once and
-    the renaming and gzip happen in the background."""
+    to a fresh one.  With ``compress`` the backups are ``<path>.N.gz``: the
+    newest is ``<path>.1`` until the background thread has compressed it."""
 
     watch = True  # another process sharing the path may rotate it
 
@@ -217,30 +296,69 @@ class SizeRotation(FileTarget):
                 # check the size again (other processes append to it too).
                 size = os.fstat(fd).st_size
                 if reason == "rollover" or (size and size + incoming >= self.limit):
-                    self._rollover(handler)
+                    if self.compress:
+                        self._rotate_compressed(handler)
+                    else:
+                        _RotatingFileHandler.doRollover(_View(handler))
             return self.install(open_append(self.path)), 0.0
 
-    def _rollover(self, handler):
-        if not self.compress:
-            _RotatingFileHandler.doRollover(_View(handler))
-            return
-        aside = _pending_name(self.path)
-        os.rename(self.path, aside)
+    def _names(self, i):
+        return (f"{self.path}.{i}", f"{self.path}.{i}.gz")
 
-        def place(packed):
-            # Shift the backups as doRollover does and put this one first.
-            with path_lock(self.path):
-                _RotatingFileHandler.doRollover(
-                    _View(handler, rotate=lambda source, dest: os.replace(packed, dest)))
+    def _rotate_compressed(self, handler):
+        # doRollover's renames for backups that are .N while waiting for the
+        # compressor and .N.gz after: either name moves up one.
+        n = handler.backupCount
+        for name in self._names(n):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(name)
+        for i in range(n - 1, 0, -1):
+            for src, dst in zip(self._names(i), self._names(i + 1)):
+                if os.path.exists(src):
+                    os.replace(src, dst)
+        os.rename(self.path, self._names(1)[0])
+        self.sweep()
 
-        compressor.submit(aside, place)
+    def _plain_backups(self):
+        handler = self._handler()
+        count = handler.backupCount if handler is not None else 0
+        return [self._names(i)[0] for i in range(1, count + 1)]
+
+    def sweep(self):
+        """Queue every backup not compressed yet (the one just rotated, and
+        any another process left behind when it ended)."""
+        for name in self._plain_backups():
+            if os.path.exists(name):
+                compressor.submit(self, name)
+
+    def compress_backup(self, key):
+        def find(key):
+            for name in self._plain_backups():
+                if _inode_of(name) == key:
+                    return name
+            return None
+
+        _gzip_in_place(self.path, key, find)
+
+
+def _advance(handler):
+    """Move ``rolloverAt`` past now, as doRollover does (3.13's returns early
+    when another process rotated already, leaving it behind)."""
+    now = int(time.time())
+    at = handler.rolloverAt
+    if at <= now:
+        at = handler.computeRollover(now)
+        while at <= now:
+            at += handler.interval
+        handler.rolloverAt = at
+    return float(handler.rolloverAt)
 
 
 class TimedRotation(FileTarget):
     """Rotation by time, as ``logging.handlers.TimedRotatingFileHandler``
     names and keeps files: the first batch at or after the rollover time goes
-    to a fresh file.  With ``compress`` the rotated file is gzipped in the
-    background."""
+    to a fresh file.  With ``compress`` each rotated file is gzipped in the
+    background (``<name>.gz``)."""
 
     watch = True
 
@@ -254,25 +372,41 @@ class TimedRotation(FileTarget):
 
     def _switch(self, reason, incoming):
         handler = self._handler()
-        if reason not in ("time", "rollover") or handler is None:
+        if handler is None:
+            return super()._switch(reason, incoming)
+        if reason not in ("time", "rollover"):
+            # Reopened (or another process rotated): our next rollover moves
+            # on too, or this process would rotate the new file again.
             fd, _ = super()._switch(reason, incoming)
-            return fd, self.roll_at() if handler is not None else 0.0
+            return fd, _advance(handler)
         with path_lock(self.path):
-            if same_file(self.path, self.current_fd()):
-                overrides = {}
-                if self.compress:
-                    overrides["rotate"] = self._rotate_aside
+            if reason == "rollover" or same_file(self.path, self.current_fd()):
+                overrides = {"rotate": self._rotate_and_compress} if self.compress else {}
                 _TimedRotatingFileHandler.doRollover(_View(handler, **overrides))
-            else:
-                # Another process rotated: only move our next rollover on.
-                now = int(time.time())
-                at = handler.computeRollover(now)
-                while at <= now:
-                    at += handler.interval
-                handler.rolloverAt = at
-            return self.install(open_append(self.path)), float(handler.rolloverAt)
+            return self.install(open_append(self.path)), _advance(handler)
 
-    def _rotate_aside(self, source, dest):
-        aside = _pending_name(source)
-        os.rename(source, aside)
-        compressor.submit(aside, lambda packed: os.replace(packed, dest))
+    def _rotate_and_compress(self, source, dest):
+        self._handler().rotate(source, dest)
+        self.sweep()
+
+    def sweep(self):
+        """Queue every rotated file not compressed yet (also those another
+        process left behind when it ended)."""
+        handler = self._handler()
+        if handler is None:
+            return
+        for name in handler._rotated_files():
+            compressor.submit(self, name)
+
+    def compress_backup(self, key):
+        handler = self._handler()
+
+        def find(key):
+            if handler is None:
+                return None
+            for name in handler._rotated_files():
+                if _inode_of(name) == key:
+                    return name
+            return None
+
+        _gzip_in_place(self.path, key, find)

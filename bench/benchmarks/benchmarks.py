@@ -1,8 +1,10 @@
 """asv benchmarks: every performance dimension of the problem statement, for
 cbuffer and the baselines (io.BufferedWriter with its default buffer and with
 cbuffer's, a Lock + bytearray buffer, unbuffered os.write; loguru and
-structlog over a plain file).  The measuring code is shared with
-``python -m cbuffer.bench`` (cbuffer.bench and cbuffer.bench_flush)."""
+structlog over a plain file; the standard logging handlers and
+concurrent-log-handler).  The measuring code is shared with
+``python -m cbuffer.bench`` (cbuffer.bench, cbuffer.bench_flush and
+cbuffer.bench_logging)."""
 import os
 import statistics
 import time
@@ -10,6 +12,7 @@ import time
 import cbuffer
 from cbuffer import _testing, bench_flush
 from cbuffer.bench import Sink, allocation_case, disk_dir, make_writer, run, sink_alone, tmpfs_dir
+from cbuffer.bench_logging import PROCESS_THREADS, PROCESSES, missing, records_per_second
 
 WRITERS = ["cbuffer", "io", "io-64k", "lock+bytearray", "os.write"]
 
@@ -274,3 +277,37 @@ class BufferAppend:
     def time_append(self, size):
         if self.append(self.payload) > (1 << 30) - 8192:
             self.buf.flush()
+
+
+class LoggingRecords:
+    """Records per second through logger.info, from 1 and 4 threads, to a
+    file rotating at 1 MB (ConcurrentRotatingFileHandler beside
+    logging.handlers.RotatingFileHandler) and to a plain file
+    (ConcurrentFileHandler beside logging.FileHandler), timed until the last
+    record is on the file; every run is read back and fails if a record was
+    lost, duplicated or torn."""
+    params = (["cbuffer", "stdlib"], [1, 4], ["size", "file"])
+    param_names = ["handler", "threads", "file"]
+    unit = "records/s"
+    timeout = 300
+
+    def track_records_per_second(self, handler, threads, kind):
+        return records_per_second(kind, handler, threads, duration=0.5)
+
+
+class LoggingProcesses:
+    """Records per second from 4 processes x 4 threads logging to one file
+    rotating at 1 MB, each process with its own ConcurrentRotatingFileHandler
+    on the shared path, or concurrent-log-handler's (skipped where it is not
+    installed); verified as LoggingRecords."""
+    params = [["cbuffer", "concurrent-log-handler"]]
+    param_names = ["handler"]
+    unit = "records/s"
+    timeout = 300
+
+    def setup(self, handler):
+        if missing(handler, "processes"):
+            raise NotImplementedError(f"{handler} is not installed")
+
+    def track_records_per_second(self, handler):
+        return records_per_second("processes", handler, PROCESS_THREADS, PROCESSES, duration=0.5)
