@@ -10,6 +10,6 @@ from cbuffer._buffer cimport (
 )
 from cbuffer._ring cimport (
     RING_ERROR, RING_NO_ROOM, RING_OK, RING_SHUT, RING_TOO_BIG,
-    RING_WOULD_BLOCK, BufferRing, RingStatus, cb_ring, cb_slot, ring_append,
-    ring_commit, ring_reserve, ring_seal_current, ring_wait_flushed,
+    RING_WOULD_BLOCK, BufferRing, RingStatus, cb_ring, cb_slot, lane_write, lanes_move,
+    ring_append, ring_commit, ring_reserve, ring_seal_current, ring_wait_flushed,
 )

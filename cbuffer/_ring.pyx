@@ -471,8 +471,8 @@ cdef int lane_move(cb_ring *r, cb_lane *lane, double max_wait) noexcept nogil:
                     return RING_WOULD_BLOCK
             cb_backoff_wait(&spins)
             s = cb_load_acquire(&lane.state)
-            if not (s & CB_FLUSHING):
-                return RING_OK
+            if not (s & CB_FLUSHING) and (state_offset(s) == 0 or not (s & CB_SEALED)):
+                return RING_OK  # moved (a failed move leaves it sealed and full: take it over)
             continue
         if state_offset(s) == 0 and not (s & CB_SEALED):
             return RING_OK  # open and empty
@@ -502,6 +502,8 @@ cdef int lane_write(cb_ring *r, const char *src, uint64_t n, double max_wait) no
     cdef cb_lane *lane = &r.lanes[cb_my_lane(r.nlanes)]
     cdef uint64_t off, retries = 0
     cdef int st
+    if cb_load_relaxed(&r.error):  # (a read-only line while all is well)
+        return RING_ERROR
     while True:
         st = state_try_reserve(&lane.state, n, r.lane_size, &off, &retries)
         if st == CB_OK:

@@ -25,7 +25,7 @@ from cbuffer._buffer cimport (
     ConcurrentBuffer, cb_region, region_leave, region_reserve,
 )
 from cbuffer._ring cimport (
-    BufferRing, RING_OK, cb_ring, cb_slot, ring_append, ring_commit,
+    BufferRing, RING_OK, cb_ring, cb_slot, lane_write, lanes_move, ring_append, ring_commit,
     ring_reserve,
 )
 from cbuffer._state cimport (
@@ -201,6 +201,34 @@ def hammer_ring_plain(BufferRing ring, int threads, int per_thread, bytes payloa
                     break
         if st != RING_OK:
             raise RuntimeError(f"ring_append failed with status {st}")
+    _, elapsed = _run_threads(worker, threads)
+    return elapsed
+
+
+def hammer_lanes_plain(BufferRing ring, int threads, int per_thread, bytes payload):
+    """Write the same payload with lane_write (each thread into its own lane:
+    a writer's C-level path when no position is needed) from each thread.
+    The ring must have lanes (a ConcurrentBufferedWriter's core).  Returns
+    seconds, counted until the lanes are moved into the ring."""
+    cdef const char *src = payload
+    cdef uint64_t n = len(payload)
+    if ring.ring.nlanes == 0:
+        raise ValueError("the ring has no lanes")
+    ring._start_flusher()  # a writer starts it with its first Python-level write
+
+    def worker(uint32_t tid, _Start start):
+        cdef cb_ring *r = ring.ring
+        cdef int _i, st = RING_OK
+        with nogil:
+            start.arrive()
+            for _i in range(per_thread):
+                st = lane_write(r, src, n, -1)
+                if st != RING_OK:
+                    break
+            if st == RING_OK:
+                st = lanes_move(r, False, -1)
+        if st != RING_OK:
+            raise RuntimeError(f"lane_write failed with status {st}")
     _, elapsed = _run_threads(worker, threads)
     return elapsed
 

@@ -118,7 +118,8 @@ cdef class TextCore:
         if self.bom is not None:
             with self._bom_lock:  # the first output: the BOM goes first, once
                 if self.bom is not None:
-                    self._write(self.bom)
+                    # Sequenced (append()), so no thread's lane can pass it.
+                    getattr(self.buffer, "append", self._write)(self.bom)
                     self.bom = None
         self._write(data)
 

@@ -350,21 +350,32 @@ def sink_alone(fd, size, writes, fsync):
 
 
 def nogil_case(args, progress):
-    """C-level appends from 2 nogil threads beside a bare atomic fetch_add."""
+    """C-level appends from 1 and 2 nogil threads: the sequenced ring path
+    (ring_append, positions known), the lane path (lane_write: a writer's
+    write() on a free-threaded build) and a bare atomic fetch_add on one
+    shared counter, interleaved.  Returns {(path, threads): [appends/s]}."""
     from cbuffer import _testing
 
-    appends, adds = [], []
+    out = {}
     n = args.nogil_appends
+    payload = b"x" * 64
     for _ in range(args.reps):
-        fd = os.open(os.devnull, os.O_WRONLY)
-        ring = cbuffer.BufferRing(4, cbuffer.DEFAULT_BUFFER_SIZE, fd)
-        secs = _testing.hammer_ring_plain(ring, 2, n // 2, b"x" * 64)
-        ring.close()
-        os.close(fd)
-        appends.append(n / secs)
-        adds.append(n / _testing.bare_fetch_add(2, n // 2))
+        for threads in (1, 2):
+            per = n // threads
+            fd = os.open(os.devnull, os.O_WRONLY)
+            ring = cbuffer.BufferRing(4, cbuffer.DEFAULT_BUFFER_SIZE, fd)
+            secs = _testing.hammer_ring_plain(ring, threads, per, payload)
+            ring.close()
+            w = cbuffer.ConcurrentBufferedWriter(fd, closefd=False, lanes=2)
+            secs_lane = _testing.hammer_lanes_plain(w._core, threads, per, payload)
+            w.close()
+            os.close(fd)
+            out.setdefault(("ring_append", threads), []).append(per * threads / secs)
+            out.setdefault(("lane_write", threads), []).append(per * threads / secs_lane)
+            out.setdefault(("fetch_add", threads), []).append(
+                per * threads / _testing.bare_fetch_add(threads, per))
         progress.step("nogil")
-    return appends, adds
+    return out
 
 
 def allocation_case(writes=1_000_000):
@@ -490,11 +501,18 @@ def report(args, results):
             verdicts.append((f"{label} 4t: cbuffer throughput / sink alone", share, 0.95, share >= 0.95))
         lines.append("")
     if nogil:
-        appends, adds = nogil
-        ratio = statistics.median(appends) / statistics.median(adds)
-        lines.append(f"nogil, 2 threads: ring appends {fmt_rate(statistics.median(appends))}/s, "
-                     f"bare fetch_add {fmt_rate(statistics.median(adds))}/s")
-        verdicts.append(("nogil 2t: C-level appends / bare fetch_add", ratio, 0.4, ratio >= 0.4))
+        lines.append("nogil C-level appends of 64 B, appends/s median [min-max]")
+        for path in ("ring_append", "lane_write", "fetch_add"):
+            one, two = nogil[(path, 1)], nogil[(path, 2)]
+            m1, l1, h1 = summary(one)
+            m2, l2, h2 = summary(two)
+            lines.append(f"  {path:>12}: 1 thread {fmt_rate(m1)} [{fmt_rate(l1).strip()}-"
+                         f"{fmt_rate(h1).strip()}], 2 threads {fmt_rate(m2)} [{fmt_rate(l2).strip()}-"
+                         f"{fmt_rate(h2).strip()}]: {m2 / m1:.2f}x")
+        lane = statistics.median(nogil[("lane_write", 2)]) / statistics.median(nogil[("lane_write", 1)])
+        verdicts.append(("nogil: lane_write 2 threads / 1 thread", lane, 1.5, lane >= 1.5))
+        ratio = statistics.median(nogil[("ring_append", 2)]) / statistics.median(nogil[("fetch_add", 2)])
+        verdicts.append(("nogil 2t: ring_append / bare fetch_add", ratio, 0.4, ratio >= 0.4))
     from cbuffer import bench_flush  # here: it imports this module
 
     for case, part in (("flush", bench_flush.report_flush),

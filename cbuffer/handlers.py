@@ -439,6 +439,10 @@ class ConcurrentFileHandler(ConcurrentHandler, logging.FileHandler):
         return _StreamHandler.setStream(self, stream)
 
 
+def _gz_namer(name):
+    return name + ".gz"
+
+
 class _FileSize:
     """A stream as RotatingFileHandler.shouldRollover uses it: tell() is the
     file's size."""
@@ -561,6 +565,8 @@ class ConcurrentTimedRotatingFileHandler(ConcurrentFileHandler,
             if name not in keep:
                 setattr(self, name, value)
         self.compress = _check_compress(compress)
+        if self.compress and self.namer is None:
+            self.namer = _gz_namer  # so retention (getFilesToDelete) counts the .gz files
         ConcurrentFileHandler.__init__(self, filename, "a", encoding, delay, errors, level=level,
                                        flush_level=flush_level, **writer_options)
 
@@ -589,7 +595,7 @@ class ConcurrentTimedRotatingFileHandler(ConcurrentFileHandler,
         for name in os.listdir(dirname or "."):
             if name.startswith(prefix) and not name.endswith(".gz"):
                 suffix = name[len(prefix):]
-                if self.extMatch.match(suffix):
+                if self.extMatch.match(suffix) and not suffix.endswith(".gz-part"):
                     out.append(os.path.join(dirname, name))
         return out
 

@@ -149,6 +149,7 @@ class _Compressor:
         self._thread = None
         self._lock = threading.Lock()
         self._pending = 0
+        self._keys = set()  # queued or in hand: a sweep must not queue them again
         self._idle = threading.Condition(self._lock)
 
     def submit(self, target, name):
@@ -158,6 +159,9 @@ class _Compressor:
         if key is None:
             return
         with self._lock:
+            if key in self._keys:
+                return
+            self._keys.add(key)
             self._pending += 1
             self._queue.put((target, key))
             if self._thread is None or not self._thread.is_alive():
@@ -185,6 +189,7 @@ class _Compressor:
                                                        target.path)
             finally:
                 with self._lock:
+                    self._keys.discard(key)
                     self._pending -= 1
                     if not self._pending:
                         self._idle.notify_all()
@@ -222,6 +227,7 @@ class _Compressor:
         self._thread = None
         self._lock = threading.Lock()
         self._pending = 0
+        self._keys = set()
         self._idle = threading.Condition(self._lock)
 
 
@@ -381,13 +387,26 @@ class TimedRotation(FileTarget):
             return fd, _advance(handler)
         with path_lock(self.path):
             if reason == "rollover" or same_file(self.path, self.current_fd()):
-                overrides = {"rotate": self._rotate_and_compress} if self.compress else {}
+                overrides = {"rotate": self._rotate_and_compress,
+                             "getFilesToDelete": self._files_to_delete} if self.compress else {}
                 _TimedRotatingFileHandler.doRollover(_View(handler, **overrides))
             return self.install(open_append(self.path)), _advance(handler)
 
     def _rotate_and_compress(self, source, dest):
-        self._handler().rotate(source, dest)
+        # dest is the name of the finished .gz: the file waits beside it,
+        # uncompressed, until the compressor has written that.
+        plain = dest[:-3] if dest.endswith(".gz") else dest
+        os.rename(source, plain)
         self.sweep()
+
+    def _files_to_delete(self):
+        # Retention counts the rotated files still waiting for the compressor
+        # as well as the .gz files (3.12+ matches only namer's names).
+        handler = self._handler()
+        every = _TimedRotatingFileHandler.getFilesToDelete(_View(handler, backupCount=0))
+        names = sorted(set(every) | set(handler._rotated_files()),
+                       key=lambda n: n[:-3] if n.endswith(".gz") else n)
+        return names[:max(0, len(names) - handler.backupCount)]
 
     def sweep(self):
         """Queue every rotated file not compressed yet (also those another

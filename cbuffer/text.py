@@ -273,8 +273,11 @@ class ConcurrentTextWriter(io.TextIOBase):
     def __del__(self, _report=sys.flags.dev_mode or sys.version_info >= (3, 13),
                 _finalizing=sys.is_finalizing):
         core = self._core
-        if core is None or core.closed:
-            return
+        try:
+            if core is None or self.closed:
+                return
+        except Exception:
+            return  # as io: a stream whose state cannot be read is left alone
         if _finalizing():
             return  # the exit flush has handed the lines over
         try:
@@ -300,7 +303,7 @@ class ConcurrentTextWriter(io.TextIOBase):
     @property
     def closed(self):
         core = self._core
-        return core is None or core.closed or bool(getattr(core.buffer, "closed", False))
+        return core is None or core.closed or bool(core.buffer.closed)
 
     @property
     def encoding(self):

@@ -76,6 +76,13 @@ TextIOWrapperTest.test_reconfigure_write_through         the byte writer below b
                                                          text to it, and the raw sees it at the next flush
 TextIOWrapperTest.test_reconfigure_write_non_seekable    tell() is the logical position even over an
                                                          unseekable raw, so no BOM is written mid-stream
+CTextIOWrapperTest.test_issue119506                      no internal chunk buffer (3.13's test of how it is
+                                                         flushed around a write from the raw): a partial line
+                                                         goes over whole
+TextIOWrapperTest.test_issue35928                        reads (readline through a BufferedRWPair)
+TextIOWrapperTest.test_pickling_subclass                 reads the bytes back with self.buffer.getvalue(): the
+                                                         buffer is the write-only ConcurrentBufferedWriter over
+                                                         the BytesIO (3.13)
 CTextIOWrapperTest.test_del__CHUNK_SIZE_SystemError      no _CHUNK_SIZE: a partial line is held whole in its
                                                          thread's buffer until its newline, flush() or close()
 CTextIOWrapperTest.test_internal_buffer_size             no _CHUNK_SIZE: a partial line is held whole in its
