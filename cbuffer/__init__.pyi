@@ -1,6 +1,6 @@
 import io
 import os
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple, overload
 
 _Buffer = bytes | bytearray | memoryview
 
@@ -71,21 +71,75 @@ class ConcurrentBufferedWriter(io.RawIOBase):
         fsync: bool = ...,
         auto_flush: bool = ...,
         closefd: bool = ...,
+        on_full: Literal["block", "drop", "raise"] = ...,
+        lanes: int | None = ...,
+        lazy_flush: bool = ...,
     ) -> None: ...
     def write(self, b: _Buffer) -> int: ...  # type: ignore[override]
     def append(self, b: _Buffer) -> int: ...
     def clear_error(self) -> None: ...
+    def reopen(self) -> None: ...
     def stats(self) -> dict[str, Any]: ...
     @property
     def raw(self) -> Any: ...
     @property
     def name(self) -> Any: ...
     @property
+    def mode(self) -> str: ...
+    @property
     def buffer_size(self) -> int: ...
     @property
     def buffer_count(self) -> int: ...
 
+class ConcurrentTextWriter(io.TextIOBase):
+    def __init__(
+        self,
+        buffer: ConcurrentBufferedWriter,
+        encoding: str | None = ...,
+        errors: str | None = ...,
+        newline: str | None = ...,
+        line_buffering: bool = ...,
+        write_through: bool = ...,
+    ) -> None: ...
+    def write(self, s: str) -> int: ...
+    def reconfigure(
+        self,
+        *,
+        encoding: str | None = ...,
+        errors: str | None = ...,
+        newline: str | None = ...,
+        line_buffering: bool | None = ...,
+        write_through: bool | None = ...,
+    ) -> None: ...
+    @property
+    def buffer(self) -> ConcurrentBufferedWriter: ...
+    @property
+    def line_buffering(self) -> bool: ...
+    @property
+    def write_through(self) -> bool: ...
+    @property
+    def name(self) -> Any: ...
+    @property
+    def mode(self) -> str: ...
+
+_BinaryMode = Literal["wb", "ab", "xb"]
+_TextMode = Literal["w", "a", "x"]
+
+@overload
 def open(
-    file: str | bytes | os.PathLike | int, mode: str = ..., **writer_options: Any
+    file: str | bytes | os.PathLike | int, mode: _BinaryMode = ..., *, line_buffering: bool | None = ...,
+    **writer_options: Any
 ) -> ConcurrentBufferedWriter: ...
+@overload
+def open(
+    file: str | bytes | os.PathLike | int,
+    mode: _TextMode,
+    *,
+    encoding: str | None = ...,
+    errors: str | None = ...,
+    newline: str | None = ...,
+    line_buffering: bool | None = ...,
+    write_through: bool = ...,
+    **writer_options: Any,
+) -> ConcurrentTextWriter: ...
 def get_include() -> str: ...

@@ -111,7 +111,7 @@ cdef extern from "<signal.h>" nogil:
     int sigfillset(sigset_t *s)
     int sigdelset(sigset_t *s, int signo)
     int pthread_sigmask(int how, const sigset_t *s, sigset_t *old)
-    int SIG_BLOCK, SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT
+    int SIG_BLOCK, SIG_SETMASK, SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT
 
 # error word value meaning "the Python sink raised; see ring.exc".
 cdef uint64_t CB_PY_ERROR = (<uint64_t>1) << 40
@@ -943,6 +943,19 @@ cdef bint ring_owned_by_me(cb_ring *r) noexcept nogil:
     return sink_owned_by_me(&r.sink)
 
 
+cdef void block_signals(sigset_t *blocked, sigset_t *old) noexcept nogil:
+    """Block every signal but the faults in the calling thread: signals go to
+    threads that can run Python handlers, so a caller blocked in the sink is
+    the one the kernel interrupts."""
+    sigfillset(blocked)
+    sigdelset(blocked, SIGSEGV)  # faults stay deliverable
+    sigdelset(blocked, SIGBUS)
+    sigdelset(blocked, SIGFPE)
+    sigdelset(blocked, SIGILL)
+    sigdelset(blocked, SIGABRT)
+    pthread_sigmask(SIG_BLOCK, blocked, old)
+
+
 cdef void flusher_loop(cb_ring *r) noexcept nogil:
     """The background flusher: dispatch full buffers, hand the open buffer
     over every ``interval``, sleep on work_ev otherwise (no polling); exit
@@ -954,15 +967,7 @@ cdef void flusher_loop(cb_ring *r) noexcept nogil:
     cdef bint tick, got, want
     cdef PyObject *raised = NULL
     cdef sigset_t all_signals
-    # Signals go to threads that can run Python handlers, so a caller blocked
-    # in the sink is the one the kernel interrupts.
-    sigfillset(&all_signals)
-    sigdelset(&all_signals, SIGSEGV)  # faults stay deliverable
-    sigdelset(&all_signals, SIGBUS)
-    sigdelset(&all_signals, SIGFPE)
-    sigdelset(&all_signals, SIGILL)
-    sigdelset(&all_signals, SIGABRT)
-    pthread_sigmask(SIG_BLOCK, &all_signals, NULL)
+    block_signals(&all_signals, NULL)  # (already blocked from birth: see _start_flusher)
     while True:
         key = cb_event_key(&r.work_ev)
         if cb_load_acquire(&r.park) or cb_load_acquire(&r.inline):
@@ -1349,6 +1354,7 @@ cdef class BufferRing:
         cdef cb_ring *r = self.ring
         cdef uint64_t idle = 0
         cdef _RingHandle handle
+        cdef sigset_t blocked, old
         if (not r.auto_flush or cb_load_relaxed(&r.stop)
                 or cb_load_relaxed(&r.inline) or cb_load_relaxed(&r.park)):
             return
@@ -1359,11 +1365,16 @@ cdef class BufferRing:
         handle.ring = r
         thread = threading.Thread(target=_flusher_main, args=(handle,),
                                   name="cbuffer-flusher", daemon=True)
+        # The thread inherits this mask: no signal can reach it before it
+        # would block them itself.  One arriving meanwhile waits for us.
+        block_signals(&blocked, &old)
         try:
             thread.start()
         except BaseException:
             cb_store_release(&r.running, 0)
             raise
+        finally:
+            pthread_sigmask(SIG_SETMASK, &old, NULL)
         with self._lock:
             self._flusher = thread
 

@@ -32,8 +32,9 @@ from array import array
 import cbuffer
 from cbuffer import bench_text
 
-THREADS = (1, 4, 8, 16)
-CASES = ("throughput", "spiky", "flush", "flush-latency", "loggers", "nogil", "alloc", "text", "logging")
+THREADS = (1, 2, 4, 8, 16)
+CASES = ("throughput", "cpu", "spiky", "flush", "flush-latency", "loggers", "nogil", "alloc", "text",
+         "logging")
 
 
 # ------------------------------------------------------------------ writers
@@ -333,6 +334,71 @@ def spiky_cases(args, progress):
     return out
 
 
+def pin(cpus):
+    """Bind every thread of this process (and those it starts) to ``cpus``,
+    as ``taskset`` would; returns the previous set."""
+    before = os.sched_getaffinity(0)
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:  # (a thread that just ended)
+            pass
+    return before
+
+
+def cpu_case(args, progress):
+    """One thread writing 64 B records to /dev/null: process CPU time per
+    record (the flusher's included) and writes/s, free to use every CPU and
+    pinned to one CPU (a container limited to one).  Returns
+    {(pinned, writer): {"rate": [...], "cpu_ns": [...]}}."""
+    out = {}
+    writers = ["cbuffer", "io", "no-op"]
+    can_pin = hasattr(os, "sched_setaffinity") and os.path.isdir("/proc/self/task")
+    for pinned in ((False, True) if can_pin else (False,)):
+        before = pin({min(os.sched_getaffinity(0))}) if pinned else None
+        try:
+            for rep in range(args.reps):
+                for name in writers[rep % 3:] + writers[:rep % 3]:
+                    fd = os.open(os.devnull, os.O_WRONLY)
+                    try:
+                        c0 = time.process_time()
+                        rate, _ = run(name, fd, 1, 64, writes=args.writes_cpu)
+                        spent = time.process_time() - c0
+                    finally:
+                        os.close(fd)
+                    entry = out.setdefault((pinned, name), {"rate": [], "cpu_ns": []})
+                    entry["rate"].append(rate)
+                    entry["cpu_ns"].append(spent / args.writes_cpu * 1e9)
+                    progress.step(f"cpu {'pinned ' if pinned else ''}{name}")
+        finally:
+            if before is not None:
+                pin(before)
+    return out
+
+
+def report_cpu(cpu, lines, verdicts):
+    lines.append("one thread, 64 B records to /dev/null: process CPU per record (flusher included) "
+                 "and writes/s, median [min-max]")
+    for pinned in (False, True):
+        if (pinned, "cbuffer") not in cpu:
+            continue
+        for name in ("cbuffer", "io", "no-op"):
+            e = cpu[(pinned, name)]
+            m, lo, hi = summary(e["cpu_ns"])
+            r, rlo, rhi = summary(e["rate"])
+            lines.append(f"  {'pinned to 1 CPU' if pinned else 'any CPU':>15} {name:>8}: {m:6.1f} ns "
+                         f"[{lo:.1f}-{hi:.1f}]  {fmt_rate(r)} [{fmt_rate(rlo).strip()}-"
+                         f"{fmt_rate(rhi).strip()}]")
+    lines.append("")
+    ratio = (statistics.median(cpu[(False, "cbuffer")]["cpu_ns"])
+             / statistics.median(cpu[(False, "io")]["cpu_ns"]))
+    verdicts.append(("64B 1t: cbuffer CPU per record / io's", ratio, 1.0, ratio <= 1.0))
+    if (True, "cbuffer") in cpu:
+        ratio = (statistics.median(cpu[(True, "cbuffer")]["rate"])
+                 / statistics.median(cpu[(True, "io")]["rate"]))
+        verdicts.append(("64B 1t pinned to one CPU: cbuffer writes/s / io's", ratio, 1.0, ratio >= 1.0))
+
+
 def sink_alone(fd, size, writes, fsync):
     """The same bytes in cbuffer-sized chunks straight to the sink."""
     chunk = b"x" * cbuffer.DEFAULT_BUFFER_SIZE
@@ -461,6 +527,19 @@ def report_throughput(args, tp, lines, verdicts):
         ratio = statistics.median(tp[("/dev/null", 64, 1, "io")]) / statistics.median(
             tp[("/dev/null", 64, 1, "cbuffer")])
         verdicts.insert(0, ("/dev/null 64B 1t: cbuffer time per write / io's", ratio, 1.0, ratio <= 1.0))
+    if not getattr(sys, "_is_gil_enabled", lambda: True)():
+        # Free-threaded: threads really run at once, so cbuffer should scale.
+        med = lambda size, t, w: statistics.median(tp[("/dev/null", size, t, w)])  # noqa: E731
+        for size, target in ((64, 1.6), (4096, 1.3)):
+            if ("/dev/null", size, 2, "cbuffer") in tp:
+                ratio = med(size, 2, "cbuffer") / med(size, 1, "cbuffer")
+                verdicts.append((f"free-threaded /dev/null {size}B: cbuffer 2 threads / 1 thread",
+                                 ratio, target, ratio >= target))
+        for t in (4, 16):
+            if ("/dev/null", 64, t, "io") in tp:
+                ratio = med(64, t, "cbuffer") / med(64, t, "io")
+                verdicts.append((f"free-threaded /dev/null 64B {t}t: cbuffer / io.BufferedWriter",
+                                 ratio, 50.0, ratio >= 50.0))
 
 
 def report(args, results):
@@ -500,6 +579,8 @@ def report(args, results):
             share = statistics.median(cb["rate"]) / statistics.median(alone["rate"])
             verdicts.append((f"{label} 4t: cbuffer throughput / sink alone", share, 0.95, share >= 0.95))
         lines.append("")
+    if "cpu" in results:
+        report_cpu(results["cpu"], lines, verdicts)
     if nogil:
         lines.append("nogil C-level appends of 64 B, appends/s median [min-max]")
         for path in ("ring_append", "lane_write", "fetch_add"):
@@ -615,9 +696,10 @@ def main(argv=None):
     args.writes_fsync = 40_000 // scale
     args.writes_pipe = 100_000 // scale
     args.nogil_appends = 4_000_000 // scale
+    args.writes_cpu = 2_000_000 // scale
     args.spiky_reps = max(3, args.reps // 2)
     steps = {"throughput": 2 * 2 * len(args.threads) * args.reps * len(args.writers),
-             "spiky": 2 * 6 * args.spiky_reps, "nogil": args.reps,
+             "spiky": 2 * 6 * args.spiky_reps, "nogil": args.reps, "cpu": 2 * 3 * args.reps,
              "text": bench_text.steps(args.reps, args.quick)}
     steps.update(bench_flush.case_counts(args))
     if "logging" in args.cases:
@@ -629,6 +711,8 @@ def main(argv=None):
             continue
         if case == "throughput":
             results[case] = throughput_cases(args, progress)
+        elif case == "cpu":
+            results[case] = cpu_case(args, progress)
         elif case == "spiky":
             results[case] = spiky_cases(args, progress)
         elif case == "flush":

@@ -42,10 +42,21 @@ _RotatingFileHandler = logging.handlers.RotatingFileHandler
 _TimedRotatingFileHandler = logging.handlers.TimedRotatingFileHandler
 
 
+def hold(fd):
+    """Mark the file open at ``fd`` as one this process writes: a shared
+    ``flock`` on it, released when the fd is closed.  The compressor takes a
+    rotated file only when it can lock it exclusively, so never while a
+    process (which may not have noticed the rotation yet) can still append a
+    batch to it."""
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+
+
 def open_append(path):
     """The file at ``path`` for appending (created if missing), as the
     FileIO a writer's ``raw`` is."""
     fd = os.open(path, APPEND, 0o666)
+    hold(fd)
     try:
         raw = io.FileIO(fd, "ab", closefd=True)
     except BaseException:
@@ -89,7 +100,9 @@ class FileTarget:
         self._orphans = []  # files opened after the writer went away
 
     def attach(self, limit=0, roll_at=0.0):
-        self._core()._attach_file(self, self.path, limit, roll_at, self.watch)
+        core = self._core()
+        hold(core.fd)
+        core._attach_file(self, self.path, limit, roll_at, self.watch)
 
     def current_fd(self):
         core = self._core()
@@ -247,6 +260,16 @@ def _gzip_in_place(path, key, find):
         if name is None:
             return  # deleted (retention) or compressed by another process
         src = open(name, "rb")
+        try:
+            fcntl.flock(src.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # A process still holds it as its file and may append a batch:
+            # the next sweep (a rotation, a handler's close) tries again.
+            src.close()
+            return
+        except BaseException:
+            src.close()
+            raise
     with src:
         part = f"{path}.{os.getpid()}-{next(_names)}.gz-part"
         try:
@@ -306,7 +329,10 @@ class SizeRotation(FileTarget):
                         self._rotate_compressed(handler)
                     else:
                         _RotatingFileHandler.doRollover(_View(handler))
-            return self.install(open_append(self.path)), 0.0
+            fd = self.install(open_append(self.path))
+        if self.compress:
+            self.sweep()  # now that this process no longer holds the old file
+        return fd, 0.0
 
     def _names(self, i):
         return (f"{self.path}.{i}", f"{self.path}.{i}.gz")
@@ -323,7 +349,6 @@ class SizeRotation(FileTarget):
                 if os.path.exists(src):
                     os.replace(src, dst)
         os.rename(self.path, self._names(1)[0])
-        self.sweep()
 
     def _plain_backups(self):
         handler = self._handler()
@@ -390,14 +415,16 @@ class TimedRotation(FileTarget):
                 overrides = {"rotate": self._rotate_and_compress,
                              "getFilesToDelete": self._files_to_delete} if self.compress else {}
                 _TimedRotatingFileHandler.doRollover(_View(handler, **overrides))
-            return self.install(open_append(self.path)), _advance(handler)
+            fd = self.install(open_append(self.path))
+        if self.compress:
+            self.sweep()  # now that this process no longer holds the old file
+        return fd, _advance(handler)
 
     def _rotate_and_compress(self, source, dest):
         # dest is the name of the finished .gz: the file waits beside it,
         # uncompressed, until the compressor has written that.
         plain = dest[:-3] if dest.endswith(".gz") else dest
         os.rename(source, plain)
-        self.sweep()
 
     def _files_to_delete(self):
         # Retention counts the rotated files still waiting for the compressor

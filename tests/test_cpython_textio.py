@@ -80,9 +80,9 @@ CTextIOWrapperTest.test_issue119506                      no internal chunk buffe
                                                          flushed around a write from the raw): a partial line
                                                          goes over whole
 TextIOWrapperTest.test_issue35928                        reads (readline through a BufferedRWPair)
-TextIOWrapperTest.test_pickling_subclass                 reads the bytes back with self.buffer.getvalue(): the
-                                                         buffer is the write-only ConcurrentBufferedWriter over
-                                                         the BytesIO (3.13)
+TextIOWrapperTest.test_pickling_subclass                 reads the bytes back with self.buffer.getvalue():
+                                                         the buffer is the write-only ConcurrentBufferedWriter
+                                                         over the BytesIO (3.13)
 CTextIOWrapperTest.test_del__CHUNK_SIZE_SystemError      no _CHUNK_SIZE: a partial line is held whole in its
                                                          thread's buffer until its newline, flush() or close()
 CTextIOWrapperTest.test_internal_buffer_size             no _CHUNK_SIZE: a partial line is held whole in its

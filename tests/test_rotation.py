@@ -802,6 +802,43 @@ def test_gzip_rotated_files_appear_complete(tmp_path, backup_count):
         assert len(data) <= 8192, f"{name}: {len(data)} bytes uncompressed"
 
 
+@pytest.mark.parametrize("kind", ["size", "timed"])
+def test_gzip_waits_for_a_late_batch_of_another_writer(tmp_path, kind):
+    """Another process's batch may land in the file just rotated (it checked
+    the path before the rename).  The compressor must not take that file
+    while the other writer still has it: the late record is kept, and the
+    file is compressed once that writer lets go of it (its next batch, or
+    its close)."""
+    path = tmp_path / "app.log"
+    if kind == "size":
+        def make():
+            return ConcurrentRotatingFileHandler(path, maxBytes=1 << 20, backupCount=5, encoding="utf-8",
+                                                 compress="gzip")
+    else:
+        def make():
+            return ConcurrentTimedRotatingFileHandler(path, when="S", interval=3600, backupCount=5,
+                                                      encoding="utf-8", compress="gzip")
+    a, b = make(), make()  # two fds on one path: as two processes
+    try:
+        log_a, log_b = logger_for(a, f"late-a-{kind}"), logger_for(b, f"late-b-{kind}")
+        log_a.info(line("p0t0", 0))
+        log_b.info(line("p1t0", 0))
+        a.flush()
+        b.flush()
+        a.doRollover()  # b's fd now names the rotated file, as when b raced the rename
+        assert cbuffer.rotation.compressor.wait(10)
+        os.write(b.stream.fileno(), (line("p1t0", 1) + "\n").encode())  # b's batch in flight
+        log_a.info(line("p0t0", 1))
+    finally:
+        a.close()
+        b.close()
+    assert cbuffer.rotation.compressor.wait(10)
+    files = all_files(path, ".gz")
+    assert all(n.endswith(".gz") for n, _ in files[:-1]), [os.path.basename(n) for n, _ in files]
+    assert len(files) == 2, [os.path.basename(n) for n, _ in files]
+    check_records(files, {"p0t0": 2, "p1t0": 2})
+
+
 def test_gzip_timed_rotation(tmp_path):
     path = tmp_path / "app.log"
     h = ConcurrentTimedRotatingFileHandler(path, when="S", backupCount=2, encoding="utf-8",

@@ -10,11 +10,11 @@ import statistics
 import time
 
 import cbuffer
-from cbuffer import _testing, bench_flush
-from cbuffer.bench import Sink, allocation_case, disk_dir, make_writer, run, sink_alone, tmpfs_dir
+from cbuffer import _testing, bench_flush, bench_text
+from cbuffer.bench import Sink, allocation_case, disk_dir, make_writer, pin, run, sink_alone, tmpfs_dir
 from cbuffer.bench_logging import PROCESS_THREADS, PROCESSES, missing, records_per_second
 
-WRITERS = ["cbuffer", "io", "io-64k", "lock+bytearray", "os.write"]
+WRITERS = ["cbuffer", "io", "io-64k", "lock+bytearray", "os.write", "no-op"]
 
 
 def sink_for(label):
@@ -30,8 +30,9 @@ def sink_for(label):
 
 
 class Throughput:
-    """Writes per second at 1, 4, 8 and 16 threads (append throughput)."""
-    params = (WRITERS, [1, 4, 8, 16], [64, 4096], ["devnull", "tmpfs", "disk"])
+    """Writes per second at 1, 2, 4, 8 and 16 threads (append throughput);
+    ``no-op`` is the loop alone, the interpreter's floor."""
+    params = (WRITERS, [1, 2, 4, 8, 16], [64, 4096], ["devnull", "tmpfs", "disk"])
     param_names = ["writer", "threads", "record", "sink"]
     unit = "writes/s"
     timeout = 600
@@ -43,6 +44,37 @@ class Throughput:
             return run(writer, fd, threads, size, duration=0.25)[0]
         finally:
             sink.close(fd)
+
+
+class CpuPerRecord:
+    """One thread writing 2M 64 B records to /dev/null: process CPU time per
+    record, the flusher's included; free to use every CPU, and pinned to one
+    (a container limited to one CPU), where its writes/s are tracked too."""
+    params = (["cbuffer", "io", "no-op"], ["any", "pinned"])
+    param_names = ["writer", "cpus"]
+    timeout = 300
+
+    def _run(self, writer, cpus):
+        before = pin({min(os.sched_getaffinity(0))}) if cpus == "pinned" else None
+        fd = os.open(os.devnull, os.O_WRONLY)
+        try:
+            c0 = time.process_time()
+            rate, _ = run(writer, fd, 1, 64, writes=2_000_000)
+            return rate, (time.process_time() - c0) / 2_000_000 * 1e9
+        finally:
+            os.close(fd)
+            if before is not None:
+                pin(before)
+
+    def track_cpu_ns_per_record(self, writer, cpus):
+        return self._run(writer, cpus)[1]
+
+    track_cpu_ns_per_record.unit = "ns"
+
+    def track_writes_per_second(self, writer, cpus):
+        return self._run(writer, cpus)[0]
+
+    track_writes_per_second.unit = "writes/s"
 
 
 class Contention:
@@ -262,6 +294,44 @@ class NogilAppend:
         return self._pairs()[0]
 
     track_appends_per_second.unit = "appends/s"
+
+
+class LaneWriteScaling:
+    """C-level lane_write (a writer's write() on a free-threaded build): 2
+    nogil threads over 1, median of 5 interleaved pairs."""
+    unit = "ratio"
+
+    def track_two_threads_over_one(self):
+        ratios = []
+        for _ in range(5):
+            rates = []
+            for threads in (1, 2):
+                fd = os.open(os.devnull, os.O_WRONLY)
+                w = cbuffer.ConcurrentBufferedWriter(fd, closefd=False, lanes=2)
+                per = 4_000_000 // threads
+                rates.append(per * threads / _testing.hammer_lanes_plain(w._core, threads, per, b"x" * 64))
+                w.close()
+                os.close(fd)
+            ratios.append(rates[1] / rates[0])
+        return statistics.median(ratios)
+
+
+class PrintLines:
+    """print() of 60-character lines from 8 threads into a file: lines per
+    second through cbuffer.open(path, "w") beside io's
+    TextIOWrapper(BufferedWriter) (which may tear lines)."""
+    params = [list(bench_text.KINDS)]
+    param_names = ["writer"]
+    unit = "lines/s"
+    timeout = 300
+
+    def track_lines_per_second(self, kind):
+        path = os.path.join(tmpfs_dir(), f"cbuffer-asv-print-{os.getpid()}")
+        try:
+            return bench_text.print_run(kind, path, 8, 0.5)[0]
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
 
 
 class BufferAppend:
