@@ -111,6 +111,9 @@ cdef int lane_write(cb_ring *r, const char *src, uint64_t n, double max_wait) no
 # Move every lane's bytes (all=True) or the calling thread's (all=False)
 # into the ring, so they are ordered before anything appended after.
 cdef int lanes_move(cb_ring *r, bint all, double max_wait) noexcept nogil
+# True when this thread's lane holds nothing to move (a write that bypasses
+# the lane need not move it first).
+cdef bint lane_clear(cb_ring *r) noexcept nogil
 
 # Give the ring lanes (before any write; 0: none).
 cdef int ring_set_lanes(cb_ring *r, uint64_t nlanes, uint64_t lane_size) except -1

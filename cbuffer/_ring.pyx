@@ -133,6 +133,12 @@ cdef double GIL_HELD_WAIT = 0.002
 # How long the flusher waits for a non-blocking sink before it looks at its
 # stop/park flags again.
 cdef double FLUSHER_SLICE = 0.1
+# When buffers fill faster than this apart, the flusher waits for the next
+# one spinning (for up to twice the last gap) instead of going to sleep: a
+# sleep and its wake-up cost both threads a system call per buffer, which is
+# most of a 4 KiB write.  Slower fills -- and a spin that finds nothing --
+# end in a real sleep, so an idle or lightly loaded writer burns no CPU.
+cdef double FLUSHER_SPIN = 20e-6
 # How long exit and fork wait for a sink before giving up on it.  (A C
 # constant: finalizers may run after the module's globals are gone.)
 cdef double EXIT_WAIT_S = 2.0
@@ -521,6 +527,11 @@ cdef int lane_write(cb_ring *r, const char *src, uint64_t n, double max_wait) no
         st = lane_move(r, lane, max_wait)  # full, or being moved: move it / wait for it
         if st != RING_OK:
             return st
+
+
+cdef bint lane_clear(cb_ring *r) noexcept nogil:
+    cdef uint64_t s = cb_load_acquire(&r.lanes[cb_my_lane(r.nlanes)].state)
+    return state_offset(s) == 0 and not (s & (CB_SEALED | CB_FLUSHING))
 
 
 cdef int lanes_move(cb_ring *r, bint all, double max_wait) noexcept nogil:
@@ -967,6 +978,8 @@ cdef void flusher_loop(cb_ring *r) noexcept nogil:
     cdef bint tick, got, want
     cdef PyObject *raised = NULL
     cdef sigset_t all_signals
+    cdef uint64_t done_before
+    cdef double last_work = 0.0, gap = 1.0
     block_signals(&all_signals, NULL)  # (already blocked from birth: see _start_flusher)
     while True:
         key = cb_event_key(&r.work_ev)
@@ -984,10 +997,15 @@ cdef void flusher_loop(cb_ring *r) noexcept nogil:
         want = cb_load_acquire(&r.want) > cb_load_acquire(&r.synced)
         got = cb_mutex_trylock(&r.dispatch_mu)
         if got:
+            done_before = cb_load_acquire(&r.flushed)
             ring_dispatch(r, 0, False, tick or want, SYNC_RAW if want else SYNC_OS,
                           -1.0, &blocked, &raised)
             cb_mutex_unlock(&r.dispatch_mu)
             cb_event_notify(&r.done_ev)
+            if cb_load_acquire(&r.flushed) != done_before:
+                now = cb_monotonic()
+                gap = now - last_work
+                last_work = now
             if (tick or want) and blocked == BLOCK_OPEN and not cb_load_acquire(&r.error):
                 ring_seal_current(r)
                 continue
@@ -1001,8 +1019,21 @@ cdef void flusher_loop(cb_ring *r) noexcept nogil:
             now = cb_monotonic()
             if next_tick - now < timeout:
                 timeout = next_tick - now if next_tick > now else 0.0
+        if timeout > 0 and got and gap < FLUSHER_SPIN and flusher_spin(r, key, last_work + 2 * gap):
+            continue
         if timeout > 0:
             cb_event_wait(&r.work_ev, key, timeout)
+
+
+cdef bint flusher_spin(cb_ring *r, unsigned key, double until) noexcept nogil:
+    """Spin until work_ev moves past ``key`` (True) or ``until`` (False)."""
+    cdef unsigned i = 0
+    while cb_event_key(&r.work_ev) == key:
+        cb_cpu_relax()
+        i += 1
+        if i % 16 == 0 and cb_monotonic() >= until:
+            return False
+    return True
 
 
 # ---------------------------------------------------------------- lifetime

@@ -14,7 +14,7 @@ import threading
 
 import weakref
 
-from cpython.unicode cimport PyUnicode_Check
+from cpython.unicode cimport PyUnicode_Check, PyUnicode_CheckExact
 
 from cbuffer._state cimport cb_atomic_init, cb_atomic_u64, cb_load_seq_cst, cb_store_seq_cst
 
@@ -133,6 +133,8 @@ cdef class TextCore:
         cdef _Line line
         if not PyUnicode_Check(s):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        if not PyUnicode_CheckExact(s):
+            s = str.__str__(s)  # its characters as a plain str (loguru's Message), as io takes them
         if self.closed:
             raise ValueError("write to closed file")
         line = self._line()

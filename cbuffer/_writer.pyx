@@ -28,7 +28,7 @@ from cbuffer._ring cimport (
     BufferRing, cb_ring, ring_detach_tail, ring_direct, ring_flush_to, ring_owned_by_me,
     ring_position,
 )
-from cbuffer._ring cimport lane_write, ring_lock_dispatch, ring_set_lanes, ring_tell
+from cbuffer._ring cimport lane_clear, lane_write, ring_lock_dispatch, ring_set_lanes, ring_tell
 from cbuffer._sink cimport (
     sink_clear_file, sink_init_fd, sink_init_file, sink_init_pipe, sink_init_python,
 )
@@ -61,14 +61,13 @@ _ON_FULL = {"block": ON_FULL_BLOCK, "drop": ON_FULL_DROP, "raise": ON_FULL_RAISE
 
 
 def _lanes(lanes, auto_flush, on_full):
-    """How many lanes a writer gets: by default one per CPU (up to 8) where
-    threads really run at once (free-threaded builds), none with the GIL;
-    none when writes must not wait (auto_flush=False, on_full not "block")."""
+    """How many lanes a writer gets: by default 8 where threads really run
+    at once (free-threaded builds with 2 CPUs or more: more lanes than CPUs,
+    so that threads seldom share one), none with the GIL; none when writes
+    must not wait (auto_flush=False, on_full not "block")."""
     if lanes is None:
         gil = getattr(sys, "_is_gil_enabled", lambda: True)()
-        lanes = 0 if gil else min(8, os.cpu_count() or 1)
-        if lanes < 2:
-            lanes = 0
+        lanes = 0 if gil or (os.cpu_count() or 1) < 2 else 8
     elif isinstance(lanes, bool) or not isinstance(lanes, int):
         raise TypeError(f"lanes must be an int or None, not {type(lanes).__name__}")
     elif lanes < 0 or lanes > 256:
@@ -211,9 +210,12 @@ cdef class WriterCore(BufferRing):
         if not cb_load_relaxed(&r.running) and r.auto_flush:
             self._start_flusher()
         if r.nlanes:
-            if not sequenced and <uint64_t>n <= r.lane_size:
+            # Small writes only: a lane costs a second copy, which for a
+            # large write outweighs the shared cache line it saves.
+            if not sequenced and <uint64_t>n <= r.lane_size // 8:
                 return self._put_lane(src, n)
-            self._move_lanes(False, -1.0)  # this thread's earlier writes go first
+            if not lane_clear(r):
+                self._move_lanes(False, -1.0)  # this thread's earlier writes go first
         if <uint64_t>n > r.size:
             if self._on_full != ON_FULL_BLOCK:
                 return self._put_queued(src, n, pos)

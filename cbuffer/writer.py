@@ -57,7 +57,7 @@ class ConcurrentBufferedWriter(io.RawIOBase):
         without sharing a cache line (each thread keeps one); their bytes
         join the stream when a lane fills, on ``flush()``, every
         ``flush_interval``, on ``close()``, and before the same thread's
-        ``append()`` or large write.  Default: one per CPU (up to 8) on a
+        ``append()`` or large write.  Default: 8 on a
         free-threaded build, 0 (every write goes straight to the ring) with
         the GIL.
 

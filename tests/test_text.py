@@ -619,6 +619,24 @@ def test_write_non_str_raises_type_error(path, value):
     assert read(path) == b"ab\n"
 
 
+class Message(str):
+    """A str subclass, as loguru hands its sinks (with a different str())."""
+
+    def __str__(self):
+        return "not the characters"
+
+
+def test_write_str_subclass_writes_its_characters(path):
+    with cbuffer.open(path, "w", encoding="utf-8") as w:
+        assert w.write(Message("partial ")) == 8
+        assert w.write(Message("line\nnext\n")) == 10
+    got = read(path)
+    with io.open(path, "w", encoding="utf-8") as ref:  # what io writes for it
+        ref.write(Message("partial "))
+        ref.write(Message("line\nnext\n"))
+    assert got == read(path) == b"partial line\nnext\n"
+
+
 def test_writelines(path):
     with cbuffer.open(path, "w", encoding="utf-8") as w:
         w.writelines(["a", "b\n", "c\n"])
