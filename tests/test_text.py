@@ -631,7 +631,7 @@ def test_write_str_subclass_writes_its_characters(path):
         assert w.write(Message("partial ")) == 8
         assert w.write(Message("line\nnext\n")) == 10
     got = read(path)
-    with io.open(path, "w", encoding="utf-8") as ref:  # what io writes for it
+    with open(path, "w", encoding="utf-8") as ref:  # what io writes for it
         ref.write(Message("partial "))
         ref.write(Message("line\nnext\n"))
     assert got == read(path) == b"partial line\nnext\n"
