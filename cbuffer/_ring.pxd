@@ -192,6 +192,7 @@ cdef class BufferRing:
     cdef bint _close_deferred   # close() ran inside this ring's own dispatch
     cdef bint _fork_locked      # dispatch_mu is held across a fork() by this object
     cdef cython.pymutex _lock   # cold state (close()); never held while Python code runs
+    cdef uint64_t _gil_writes   # writes counted under the GIL (with no locked add)
     cdef object __weakref__
     cdef _setup(self, uint64_t count, uint64_t size, bint auto_flush,
                 bint auto_rotate, uint64_t start, double interval)

@@ -123,6 +123,9 @@ cdef enum:
     GROUP_ROUNDS = 4  # extra batches a caller-dispatcher writes for waiters
 # Copies at least this large are done with the GIL released.
 cdef Py_ssize_t NOGIL_COPY = 64 * 1024
+# With the GIL (also a free-threaded build that enabled it at import), the
+# Python write path holds it while it reserves.
+cdef bint GIL_ON = getattr(sys, "_is_gil_enabled", lambda: True)()
 # How long a GIL-released wait lasts before the caller runs signal handlers.
 cdef double SIGNAL_CHECK = 0.05
 # With an fd sink (a flusher that never needs the GIL) a writer that finds the
@@ -249,6 +252,13 @@ cdef int ring_wait_open(cb_ring *r, uint64_t c, unsigned *spins,
 
 cdef int ring_reserve(cb_ring *r, uint64_t n, uint64_t *pos, char **dst,
                       cb_slot **slot_out, double max_wait) noexcept nogil:
+    return reserve(r, n, pos, dst, slot_out, max_wait, True)
+
+
+cdef inline int reserve(cb_ring *r, uint64_t n, uint64_t *pos, char **dst,
+                        cb_slot **slot_out, double max_wait, bint count) noexcept nogil:
+    # ``count``: count the write in its slot (a locked add); the Python write
+    # path under the GIL counts it in its BufferRing instead, for free.
     cdef uint64_t c, off, retries = 0
     cdef cb_slot *slot
     cdef int st
@@ -264,7 +274,8 @@ cdef int ring_reserve(cb_ring *r, uint64_t n, uint64_t *pos, char **dst,
         slot = slot_of(r, c)
         st = state_try_reserve(&slot.state, n, r.size, &off, &retries)
         if st == CB_OK:
-            cb_fetch_add_relaxed(&slot.appends, 1)
+            if count:
+                cb_fetch_add_relaxed(&slot.appends, 1)
             if retries:
                 cb_fetch_add_relaxed(&r.st_retries, retries)
             pos[0] = slot.base + off
@@ -1256,19 +1267,30 @@ class _Token:
 
 _MP_TOKEN = _Token()
 _mp_finalizer_pid = 0
+_mp_checked_pid = 0
 _mp_after_fork_set = False
 
 
 def _ensure_mp_finalizer():
-    global _mp_finalizer_pid
+    global _mp_finalizer_pid, _mp_checked_pid
+    # Once per process (a forked worker is a new pid; its after-fork callback
+    # comes here), not at every writer: sys.modules is locked by the exit
+    # that empties it, and on free-threaded 3.13 a daemon thread handed that
+    # lock while it waits to re-attach never gives it back (the exit hangs).
+    pid = os.getpid()
+    if _mp_checked_pid == pid or sys.is_finalizing():
+        return
+    _mp_checked_pid = pid
     util = sys.modules.get("multiprocessing.util")
-    if util is None or _mp_finalizer_pid == os.getpid():
+    if util is None:
         return
     _mp_finalizer_pid = os.getpid()
     util.Finalize(None, _flush_live_rings, exitpriority=-100)
 
 
 def _mp_after_fork(_token):
+    global _mp_checked_pid
+    _mp_checked_pid = 0  # multiprocessing has just emptied its finalizers
     _ensure_mp_finalizer()
 
 
@@ -1460,8 +1482,10 @@ cdef class BufferRing:
         cdef cb_ring *r = self.ring
         cdef char *dst
         cdef cb_slot *slot
-        cdef int st = ring_reserve(r, n, pos, &dst, &slot, 0)
+        cdef int st = reserve(r, n, pos, &dst, &slot, 0, not GIL_ON)
         if st == RING_OK:
+            if GIL_ON:
+                self._gil_writes += 1  # (the GIL serialises this)
             if n >= NOGIL_COPY:
                 with nogil:
                     memcpy(dst, src, n)
@@ -1938,7 +1962,7 @@ cdef class BufferRing:
         live -= cb_load_relaxed(&r.st_lane_moves)  # a move is one append, of many writes
         return {
             "bytes_written": cb_load_relaxed(&r.sink.written),
-            "writes": cb_load_relaxed(&r.st_writes) + live,
+            "writes": cb_load_relaxed(&r.st_writes) + live + self._gil_writes,
             "flushes": cb_load_relaxed(&r.st_flushes),
             "syscalls": cb_load_relaxed(&r.sink.syscalls),
             "file_switches": cb_load_relaxed(&r.sink.switches),
