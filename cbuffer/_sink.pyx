@@ -289,15 +289,8 @@ cdef int sink_init_file(cb_sink *s, object policy, bytes path, uint64_t limit,
     return 0
 
 
-cdef void sink_init_fd(cb_sink *s, int fd, bint fsync) noexcept nogil:
-    s.write = fd_write
-    s.sync = fd_sync
-    s.fd = fd
-    s.poll_fd = fd
-    s.fsync = fsync
-    s.rawio = False
-    s.write_obj = NULL
-    s.raw = NULL
+cdef void sink_start(cb_sink *s) noexcept nogil:
+    """The state both kinds of sink start from: no error, no file policy."""
     cb_atomic_init(&s.owner, 0)
     cb_atomic_init(&s.syscalls, 0)
     cb_atomic_init(&s.written, 0)
@@ -310,6 +303,18 @@ cdef void sink_init_fd(cb_sink *s, int fd, bint fsync) noexcept nogil:
     s.watch = False
     cb_atomic_init(&s.reopen, 0)
     cb_atomic_init(&s.switches, 0)
+
+
+cdef void sink_init_fd(cb_sink *s, int fd, bint fsync) noexcept nogil:
+    s.write = fd_write
+    s.sync = fd_sync
+    s.fd = fd
+    s.poll_fd = fd
+    s.fsync = fsync
+    s.rawio = False
+    s.write_obj = NULL
+    s.raw = NULL
+    sink_start(s)
 
 
 # ---------------------------------------------------------------- Python
@@ -445,18 +450,7 @@ cdef int sink_init_python(cb_sink *s, object write_obj, object raw, bint rawio,
         s.raw = <PyObject *>raw
     else:
         s.raw = NULL
-    cb_atomic_init(&s.owner, 0)
-    cb_atomic_init(&s.syscalls, 0)
-    cb_atomic_init(&s.written, 0)
-    s.err = 0
-    s.exc = NULL
-    s.policy = NULL
-    s.path = NULL
-    s.limit = 0
-    s.roll_at = 0
-    s.watch = False
-    cb_atomic_init(&s.reopen, 0)
-    cb_atomic_init(&s.switches, 0)
+    sink_start(s)
     return 0
 
 
