@@ -39,7 +39,7 @@ cdef enum SyncMode:
 cdef struct cb_slot:
     cb_atomic_u64 state     # packed state word (_state.pxd)
     cb_atomic_u64 gen       # generation this slot was last opened for
-    cb_atomic_u64 appends   # reservations made in this generation
+    cb_atomic_u64 writes    # this generation's writes the state word's count wrapped past (x32)
     cb_atomic_u64 owner     # thread that dispatches this slot's tail itself, or 0
     uint64_t base           # stream position of data[0] in this generation
     uint64_t length         # bytes of data, fixed by the sealer
@@ -53,7 +53,7 @@ cdef struct cb_slot:
 
 cdef struct cb_lane:
     cb_atomic_u64 state     # packed state word (_state.pxd); FLUSHING: being moved
-    cb_atomic_u64 writes    # writes taken by this lane (statistics)
+    cb_atomic_u64 writes    # writes moved on, and wraps of the state word's count (statistics)
     char *data              # lane_size bytes
     char _pad[40]           # one cache line per lane: a thread's writes touch only its own
 
@@ -91,7 +91,6 @@ cdef struct cb_ring:
     uint64_t lane_size      # bytes per lane buffer
     cb_atomic_u64 tell_floor  # tell() with lanes never goes below this
     # statistics (relaxed counters, read by stats())
-    cb_atomic_u64 st_lane_moves  # lane buffers moved into the ring
     cb_atomic_u64 st_writes
     cb_atomic_u64 st_flushes
     cb_atomic_u64 st_full_waits
@@ -192,7 +191,6 @@ cdef class BufferRing:
     cdef bint _close_deferred   # close() ran inside this ring's own dispatch
     cdef bint _fork_locked      # dispatch_mu is held across a fork() by this object
     cdef cython.pymutex _lock   # cold state (close()); never held while Python code runs
-    cdef uint64_t _gil_writes   # writes counted under the GIL (with no locked add)
     cdef object __weakref__
     cdef _setup(self, uint64_t count, uint64_t size, bint auto_flush,
                 bint auto_rotate, uint64_t start, double interval)

@@ -84,10 +84,10 @@ from posix.uio cimport iovec
 from cbuffer._buffer import BufferFull
 from cbuffer._sink cimport (
     SINK_AGAIN, SINK_ERROR, SINK_INTR, SINK_OK, sink_clear, sink_init_fd,
-    sink_init_python, sink_owned_by_me, sink_wait_writable,
+    sink_init_python, sink_owned_by_me, sink_prompt, sink_wait_writable,
 )
 from cbuffer._state cimport (
-    CB_BUSY, CB_FLUSHING, CB_NO_ROOM, CB_OFFSET_MAX, CB_OK, CB_SEALED,
+    CB_BUSY, CB_COUNT_MASK, CB_COUNT_WRAP, CB_FLUSHING, CB_NO_ROOM, CB_OFFSET_MAX, CB_OK, CB_SEALED,
     CB_SHUT, cb_atomic_init, cb_backoff, cb_backoff_wait, cb_cas_acq_rel, cb_cas_seq_cst,
     cb_cas_strong_acq_rel, cb_cpu_relax, cb_event_destroy, cb_event_init,
     cb_event_key, cb_event_notify, cb_event_reinit, cb_event_wait, cb_event_waiting,
@@ -96,11 +96,12 @@ from cbuffer._state cimport (
     cb_load_relaxed, cb_load_seq_cst, cb_monotonic, cb_mutex_destroy,
     cb_mutex_init, cb_mutex_lock, cb_mutex_trylock, cb_mutex_unlock, cb_store_relaxed,
     cb_store_release, cb_store_seq_cst, state_last_out, state_leave,
-    state_offset, state_seal, state_try_reserve, state_writers,
+    state_count, state_offset, state_seal, state_try_reserve, state_writers,
 )
 
 cdef extern from "Python.h":
     unsigned long PyThread_get_thread_ident() nogil
+    int PyGILState_Check() nogil  # the calling thread is attached to the interpreter
 
 cdef extern from "_lane.h" nogil:
     uint64_t cb_my_lane(uint64_t nlanes)
@@ -123,9 +124,6 @@ cdef enum:
     GROUP_ROUNDS = 4  # extra batches a caller-dispatcher writes for waiters
 # Copies at least this large are done with the GIL released.
 cdef Py_ssize_t NOGIL_COPY = 64 * 1024
-# With the GIL (also a free-threaded build that enabled it at import), the
-# Python write path holds it while it reserves.
-cdef bint GIL_ON = getattr(sys, "_is_gil_enabled", lambda: True)()
 # How long a GIL-released wait lasts before the caller runs signal handlers.
 cdef double SIGNAL_CHECK = 0.05
 # With an fd sink (a flusher that never needs the GIL) a writer that finds the
@@ -212,6 +210,30 @@ cdef bint ring_seal(cb_ring *r, cb_slot *slot) noexcept nogil:
     return True
 
 
+cdef bint ring_help(cb_ring *r, double max_wait) noexcept nogil:
+    """A writer that finds every buffer sealed hands them to the sink itself
+    when nobody else is, rather than sleep until the flusher gets a CPU (with
+    as many busy writers as CPUs it waits its turn, and the writers with it).
+    Only a prompt fd sink, and only off the interpreter: a write(2) that
+    might wait on a reader must not hold up the GIL or the caller's signal
+    handlers.  True when it made room."""
+    cdef PyObject *raised = NULL
+    cdef int blocked
+    cdef uint64_t before
+    if not r.auto_flush or not sink_prompt(&r.sink) or PyGILState_Check():
+        return False  # (auto_flush=False: buffers wait for flush(), as documented)
+    if not cb_mutex_trylock(&r.dispatch_mu):
+        return False
+    before = cb_load_relaxed(&r.flushed)
+    ring_dispatch(r, 0, True, False, SYNC_NONE, max_wait, &blocked, &raised)
+    cb_mutex_unlock(&r.dispatch_mu)
+    # (raised stays NULL: only a Python sink's code can raise)
+    if cb_load_relaxed(&r.flushed) == before:
+        return False
+    cb_event_notify(&r.done_ev)
+    return True
+
+
 cdef int ring_wait_open(cb_ring *r, uint64_t c, unsigned *spins,
                         double *deadline, double max_wait,
                         bint *counted) noexcept nogil:
@@ -224,6 +246,8 @@ cdef int ring_wait_open(cb_ring *r, uint64_t c, unsigned *spins,
     if cb_load_relaxed(&r.error):
         return RING_ERROR
     if ring_try_open(r) or cb_load_acquire(&r.current) != c:
+        return RING_OK
+    if max_wait != 0 and ring_help(r, max_wait):
         return RING_OK
     if not cb_backoff(spins):
         return RING_OK
@@ -257,14 +281,14 @@ cdef int ring_reserve(cb_ring *r, uint64_t n, uint64_t *pos, char **dst,
 
 cdef inline int reserve(cb_ring *r, uint64_t n, uint64_t *pos, char **dst,
                         cb_slot **slot_out, double max_wait, bint count) noexcept nogil:
-    # ``count``: count the write in its slot (a locked add); the Python write
-    # path under the GIL counts it in its BufferRing instead, for free.
+    # ``count``: count it as a write (in the reserving CAS; a lane's move is
+    # many writes, counted in the lane).
     cdef uint64_t c, off, retries = 0
     cdef cb_slot *slot
     cdef int st
     cdef unsigned spins = 0
     cdef double deadline = -1.0
-    cdef bint counted = False
+    cdef bint counted = False, wrapped = False
     if n > r.size:
         return RING_TOO_BIG
     if cb_load_relaxed(&r.error):
@@ -272,10 +296,11 @@ cdef inline int reserve(cb_ring *r, uint64_t n, uint64_t *pos, char **dst,
     while True:
         c = cb_load_acquire(&r.current)
         slot = slot_of(r, c)
-        st = state_try_reserve(&slot.state, n, r.size, &off, &retries)
+        st = state_try_reserve(&slot.state, n, r.size, &off, &retries,
+                               &wrapped if count else NULL)
         if st == CB_OK:
-            if count:
-                cb_fetch_add_relaxed(&slot.appends, 1)
+            if wrapped:
+                cb_fetch_add_relaxed(&slot.writes, CB_COUNT_WRAP)
             if retries:
                 cb_fetch_add_relaxed(&r.st_retries, retries)
             pos[0] = slot.base + off
@@ -305,9 +330,14 @@ cdef void ring_commit(cb_ring *r, cb_slot *slot) noexcept nogil:
 
 cdef int ring_append(cb_ring *r, const char *src, uint64_t n, uint64_t *pos,
                      double max_wait) noexcept nogil:
+    return append(r, src, n, pos, max_wait, True)
+
+
+cdef inline int append(cb_ring *r, const char *src, uint64_t n, uint64_t *pos,
+                       double max_wait, bint count) noexcept nogil:
     cdef char *dst
     cdef cb_slot *slot
-    cdef int st = ring_reserve(r, n, pos, &dst, &slot, max_wait)
+    cdef int st = reserve(r, n, pos, &dst, &slot, max_wait, count)
     if st == RING_OK:
         memcpy(dst, src, n)
         ring_commit(r, slot)
@@ -501,17 +531,18 @@ cdef int lane_move(cb_ring *r, cb_lane *lane, double max_wait) noexcept nogil:
         s = cb_load_acquire(&lane.state)
     n = state_offset(s)
     if n:
-        st = ring_append(r, lane.data, n, &pos, max_wait)
+        st = append(r, lane.data, n, &pos, max_wait, False)
         if st != RING_OK:
             # Keep the bytes: the lane stays sealed, and whoever writes to it
             # next tries the move again.
             cb_fetch_and_acq_rel(&lane.state, ~CB_FLUSHING)
             return st
-        cb_fetch_add_relaxed(&r.st_lane_moves, 1)
     s = cb_load_acquire(&lane.state)
     while True:  # open again, or stay shut if close() shut it meanwhile
         opened = (CB_SEALED | CB_SHUT) if s & CB_SHUT else 0
         if cb_cas_acq_rel(&lane.state, &s, opened):
+            # The word's count (fixed while the lane was sealed) goes on here.
+            cb_fetch_add_relaxed(&lane.writes, state_count(s))
             return RING_OK
 
 
@@ -519,13 +550,15 @@ cdef int lane_write(cb_ring *r, const char *src, uint64_t n, double max_wait) no
     cdef cb_lane *lane = &r.lanes[cb_my_lane(r.nlanes)]
     cdef uint64_t off, retries = 0
     cdef int st
+    cdef bint wrapped = False
     if cb_load_relaxed(&r.error):  # (a read-only line while all is well)
         return RING_ERROR
     while True:
-        st = state_try_reserve(&lane.state, n, r.lane_size, &off, &retries)
+        st = state_try_reserve(&lane.state, n, r.lane_size, &off, &retries, &wrapped)
         if st == CB_OK:
             memcpy(lane.data + off, src, n)
-            cb_fetch_add_relaxed(&lane.writes, 1)
+            if wrapped:
+                cb_fetch_add_relaxed(&lane.writes, CB_COUNT_WRAP)
             state_leave(&lane.state)
             return RING_OK
         if st == CB_BUSY:
@@ -655,11 +688,15 @@ cdef int ring_collect(cb_ring *r, cb_part *parts, bint partial, uint64_t me,
 
 
 cdef void ring_finish(cb_ring *r, cb_slot *slot, uint64_t gen) noexcept nogil:
-    cb_fetch_add_relaxed(&r.st_writes, cb_load_relaxed(&slot.appends) + (1 if slot.tail_len else 0))
+    # Move the generation's write count to the total before written moves, so
+    # stats() read after a flush counts each write once.
+    cdef uint64_t writes = (cb_load_relaxed(&slot.writes)
+                            + state_count(cb_fetch_and_acq_rel(&slot.state, ~CB_COUNT_MASK)))
+    cb_store_relaxed(&slot.writes, 0)
+    cb_fetch_add_relaxed(&r.st_writes, writes + (1 if slot.tail_len else 0))
     if slot.length:
         cb_fetch_add_relaxed(&r.st_used, slot.length)
         cb_fetch_add_relaxed(&r.st_capacity, r.size)
-    cb_store_relaxed(&slot.appends, 0)
     if slot.tail_copy != NULL:
         free(slot.tail_copy)
         slot.tail_copy = NULL
@@ -1105,7 +1142,7 @@ cdef void ring_reset(cb_ring *r, uint64_t base) noexcept nogil:
     for i in range(r.count):
         cb_atomic_init(&r.slots[i].state, CB_CLOSED_SLOT)
         cb_atomic_init(&r.slots[i].gen, i)
-        cb_atomic_init(&r.slots[i].appends, 0)
+        cb_atomic_init(&r.slots[i].writes, 0)
         cb_atomic_init(&r.slots[i].owner, 0)
         r.slots[i].length = 0
         r.slots[i].tail = NULL
@@ -1482,10 +1519,8 @@ cdef class BufferRing:
         cdef cb_ring *r = self.ring
         cdef char *dst
         cdef cb_slot *slot
-        cdef int st = reserve(r, n, pos, &dst, &slot, 0, not GIL_ON)
+        cdef int st = reserve(r, n, pos, &dst, &slot, 0, True)
         if st == RING_OK:
-            if GIL_ON:
-                self._gil_writes += 1  # (the GIL serialises this)
             if n >= NOGIL_COPY:
                 with nogil:
                     memcpy(dst, src, n)
@@ -1496,7 +1531,9 @@ cdef class BufferRing:
             return st
         if not wait:
             return st
-        if st == RING_WOULD_BLOCK and r.sink.fd >= 0 and cb_load_relaxed(&r.running):
+        if (st == RING_WOULD_BLOCK and r.sink.fd >= 0 and cb_load_relaxed(&r.running)
+                and not sink_prompt(&r.sink)):
+            # (A prompt sink: better hand buffers over below, off the interpreter.)
             st = ring_append(r, src, n, pos, GIL_HELD_WAIT)
         while st == RING_WOULD_BLOCK:
             if ring_owned_by_me(r):
@@ -1955,14 +1992,15 @@ cdef class BufferRing:
         cdef cb_ring *r = self.ring
         cdef uint64_t live = 0, i
         for i in range(r.count):
-            live += cb_load_relaxed(&r.slots[i].appends)
+            live += (cb_load_relaxed(&r.slots[i].writes)
+                     + state_count(cb_load_relaxed(&r.slots[i].state)))
         cap = cb_load_relaxed(&r.st_capacity)
         for i in range(r.nlanes):
-            live += cb_load_relaxed(&r.lanes[i].writes)
-        live -= cb_load_relaxed(&r.st_lane_moves)  # a move is one append, of many writes
+            live += (cb_load_relaxed(&r.lanes[i].writes)
+                     + state_count(cb_load_relaxed(&r.lanes[i].state)))
         return {
             "bytes_written": cb_load_relaxed(&r.sink.written),
-            "writes": cb_load_relaxed(&r.st_writes) + live + self._gil_writes,
+            "writes": cb_load_relaxed(&r.st_writes) + live,
             "flushes": cb_load_relaxed(&r.st_flushes),
             "syscalls": cb_load_relaxed(&r.sink.syscalls),
             "file_switches": cb_load_relaxed(&r.sink.switches),

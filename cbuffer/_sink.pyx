@@ -165,6 +165,10 @@ cdef int pipe_write(cb_sink *s, const iovec *iov, int cnt, uint64_t *taken) noex
     return SINK_OK
 
 
+cdef bint sink_prompt(cb_sink *s) noexcept nogil:
+    return s.write == fd_write and s.prompt and not s.fsync
+
+
 cdef void sink_init_pipe(cb_sink *s, int fd) noexcept nogil:
     sink_init_fd(s, fd, False)
     s.write = pipe_write
@@ -176,8 +180,11 @@ cdef extern from "<sys/stat.h>" nogil:
     cdef struct c_stat_t "stat":
         unsigned long st_dev
         unsigned long st_ino
+        unsigned int st_mode
         long st_size
     int c_fstat "fstat"(int fd, c_stat_t *buf)
+    bint S_ISREG(unsigned int mode)
+    bint S_ISCHR(unsigned int mode)
     int c_stat "stat"(const char *path, c_stat_t *buf)
 
 cdef extern from "<time.h>" nogil:
@@ -306,11 +313,13 @@ cdef void sink_start(cb_sink *s) noexcept nogil:
 
 
 cdef void sink_init_fd(cb_sink *s, int fd, bint fsync) noexcept nogil:
+    cdef c_stat_t st
     s.write = fd_write
     s.sync = fd_sync
     s.fd = fd
     s.poll_fd = fd
     s.fsync = fsync
+    s.prompt = fd >= 0 and c_fstat(fd, &st) == 0 and (S_ISREG(st.st_mode) or S_ISCHR(st.st_mode))
     s.rawio = False
     s.write_obj = NULL
     s.raw = NULL

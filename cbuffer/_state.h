@@ -10,6 +10,14 @@
 /* From the reserved bits 7..2: a ring that is closing never reopens a slot
  * marked shut (see _ring.pyx, "closing"). */
 #define CB_SHUT          ((uint64_t)1 << 2)
+/* Reserved bits 7..3: the writes reserved in this generation, modulo 32,
+ * counted by the reserving compare-and-swap itself.  The write that wraps the
+ * count carries CB_COUNT_WRAP to a counter beside the word, so counting costs
+ * one locked add per 32 writes instead of one per write. */
+#define CB_COUNT_SHIFT   3
+#define CB_COUNT_ONE     ((uint64_t)1 << CB_COUNT_SHIFT)
+#define CB_COUNT_MASK    ((uint64_t)0x1F << CB_COUNT_SHIFT)
+#define CB_COUNT_WRAP    32
 #define CB_WRITER_SHIFT  8
 #define CB_WRITER_ONE    ((uint64_t)1 << CB_WRITER_SHIFT)
 #define CB_WRITER_MAX    ((uint64_t)0xFFFFFF)

@@ -4,8 +4,11 @@
 Layout (one 64-bit word per buffer, CONTRACT.md)::
 
     bits 63..32  write offset      bits 31..8  active writers
-    bits  7..3   reserved          bit 2 shut (ring closing)
+    bits  7..3   writes, mod 32    bit 2 shut (ring closing)
     bit 1 flush in progress        bit 0 sealed
+
+(Bits 7..2 are the contract's reserved bits: the ring keeps its own
+bookkeeping there, and layer 1 leaves them 0.)
 
 Invariants the protocol keeps:
 
@@ -83,6 +86,10 @@ cdef extern from "_state.h" nogil:
     const uint64_t CB_WRITER_MASK
     const uint64_t CB_OFFSET_SHIFT
     const uint64_t CB_OFFSET_MAX
+    const uint64_t CB_COUNT_SHIFT
+    const uint64_t CB_COUNT_ONE
+    const uint64_t CB_COUNT_MASK
+    const uint64_t CB_COUNT_WRAP
 
 
 # Results of state_try_reserve (and of the C-level append paths built on it).
@@ -103,14 +110,18 @@ cdef inline uint64_t state_writers(uint64_t s) noexcept nogil:
 
 cdef inline int state_try_reserve(cb_atomic_u64 *word, uint64_t n,
                                   uint64_t capacity, uint64_t *offset,
-                                  uint64_t *retries) noexcept nogil:
+                                  uint64_t *retries, bint *wrapped=NULL) noexcept nogil:
     """Reserve n bytes and count the caller as a writer, in one CAS.
 
     Lock-free: a failed CAS means another thread changed the word, i.e. made
     progress.  ``capacity`` must be <= CB_OFFSET_MAX so the sum cannot wrap.
+
+    With ``wrapped`` the same CAS counts the write in bits 7..3, modulo 32;
+    ``wrapped[0]`` tells the caller its write took that count round to 0, so
+    it carries CB_COUNT_WRAP to a counter of its own.
     """
     cdef uint64_t s = cb_load_relaxed(word)
-    cdef uint64_t off
+    cdef uint64_t off, nxt
     while True:
         if s & CB_SEALED:
             return CB_CLOSED
@@ -119,10 +130,20 @@ cdef inline int state_try_reserve(cb_atomic_u64 *word, uint64_t n,
             return CB_NO_ROOM
         if (s & CB_WRITER_MASK) == CB_WRITER_MASK:
             return CB_BUSY
-        if cb_cas_acq_rel(word, &s, s + (n << CB_OFFSET_SHIFT) + CB_WRITER_ONE):
+        nxt = s + (n << CB_OFFSET_SHIFT) + CB_WRITER_ONE
+        if wrapped != NULL:
+            nxt = (nxt & ~CB_COUNT_MASK) | ((s + CB_COUNT_ONE) & CB_COUNT_MASK)
+        if cb_cas_acq_rel(word, &s, nxt):
             offset[0] = off
+            if wrapped != NULL:
+                wrapped[0] = (nxt & CB_COUNT_MASK) == 0
             return CB_OK
         retries[0] += 1
+
+
+cdef inline uint64_t state_count(uint64_t s) noexcept nogil:
+    """The writes counted in the word since its buffer opened, modulo 32."""
+    return (s & CB_COUNT_MASK) >> CB_COUNT_SHIFT
 
 
 cdef inline uint64_t state_leave(cb_atomic_u64 *word) noexcept nogil:

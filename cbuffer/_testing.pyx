@@ -183,6 +183,15 @@ def hammer_ring(BufferRing ring, int threads, int per_thread, int min_size=MIN_R
     return elapsed
 
 
+def park_flusher(BufferRing ring):
+    """Stop the ring's flusher thread, as before a fork, and leave it
+    stopped: from here on only writers that hand buffers over themselves
+    make room (close() drains what is left)."""
+    ring._stop_flusher(-1.0)
+    if cb_load_acquire(&ring.ring.running):
+        raise RuntimeError("the flusher did not stop")
+
+
 def hammer_ring_plain(BufferRing ring, int threads, int per_thread, bytes payload):
     """Append the same payload with ring_append from each thread (no record
     building: the cost of the append path alone).  Returns seconds."""

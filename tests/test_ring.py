@@ -2,6 +2,8 @@
 contention, backpressure, partial buffers and the sink's view of it all.
 Every check reads back the bytes the sink received."""
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -14,6 +16,7 @@ from cbuffer._testing import HeldRingReservation, hammer_ring, make_record
 from records import check_stream, parse
 
 DEADLINE = 30.0
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(cbuffer.__file__)))
 
 
 class GatedSink:
@@ -287,6 +290,41 @@ def test_a_million_appends_lose_and_corrupt_nothing(tmp_path, threads):
         os.close(fd)
     records = check_stream(read_file(path), threads, per_thread)
     assert len(records) >= 1_000_000
+
+
+HELP_SCRIPT = r"""
+import os, sys
+import cbuffer
+from cbuffer._testing import hammer_ring, park_flusher
+
+path, threads, per_thread = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+ring = cbuffer.BufferRing(4, 4096, fd)
+park_flusher(ring)
+hammer_ring(ring, threads, per_thread, 28, 64)
+print(ring.stats()["syscalls"])
+ring.close()
+os.close(fd)
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_writers_hand_full_buffers_to_a_file_themselves(tmp_path, threads):
+    """C-level appends into a regular file: a writer that finds every buffer sealed writes
+    them out itself when no flusher does, instead of waiting for one (a flusher that cannot
+    get a CPU while the writers have them all; here, none at all).  In a child process: if
+    the writers waited, they would wait forever."""
+    path = tmp_path / "helped"
+    per_thread = 20000
+    try:
+        proc = subprocess.run([sys.executable, "-c", HELP_SCRIPT, str(path), str(threads),
+                               str(per_thread)], capture_output=True, timeout=60,
+                              env=dict(os.environ, PYTHONPATH=ROOT))
+    except subprocess.TimeoutExpired:
+        pytest.fail("the writers waited for a flusher that was not there")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert int(proc.stdout) > 0  # the writers' own writev()s, before close()
+    check_stream(read_file(path), threads, per_thread)
 
 
 def test_writers_and_explicit_flushes_race(collector):
