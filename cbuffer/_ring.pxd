@@ -80,6 +80,7 @@ cdef struct cb_ring:
     cb_atomic_u64 stop      # the flusher thread should drain and exit
     cb_atomic_u64 park      # the flusher thread should exit now (before fork())
     cb_atomic_u64 running   # the flusher thread is inside its loop
+    cb_atomic_u64 awake     # the flusher is on a CPU (not asleep on work_ev)
     cb_atomic_u64 inline    # no flusher (interpreter exit): waiters dispatch themselves
     cb_atomic_u64 refs      # owners: the BufferRing object and the flusher thread
     cb_mutex dispatch_mu    # one dispatcher at a time, buffers in seal order

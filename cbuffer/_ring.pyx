@@ -140,6 +140,9 @@ cdef double FLUSHER_SLICE = 0.1
 # most of a 4 KiB write.  Slower fills -- and a spin that finds nothing --
 # end in a real sleep, so an idle or lightly loaded writer burns no CPU.
 cdef double FLUSHER_SPIN = 20e-6
+# Backoff rounds (about 20 us of spinning) a writer waits for a full ring
+# before it dispatches itself, if the flusher is not on a CPU by then.
+cdef unsigned HELP_AFTER = 10
 # How long exit and fork wait for a sink before giving up on it.  (A C
 # constant: finalizers may run after the module's globals are gone.)
 cdef double EXIT_WAIT_S = 2.0
@@ -224,6 +227,9 @@ cdef bint ring_help(cb_ring *r, double max_wait) noexcept nogil:
         return False  # (auto_flush=False: buffers wait for flush(), as documented)
     if not cb_mutex_trylock(&r.dispatch_mu):
         return False
+    if not sink_prompt(&r.sink) or cb_load_acquire(&r.closing):
+        cb_mutex_unlock(&r.dispatch_mu)  # (the sink changed, or close() has the rest)
+        return False
     before = cb_load_relaxed(&r.flushed)
     ring_dispatch(r, 0, True, False, SYNC_NONE, max_wait, &blocked, &raised)
     cb_mutex_unlock(&r.dispatch_mu)
@@ -247,7 +253,10 @@ cdef int ring_wait_open(cb_ring *r, uint64_t c, unsigned *spins,
         return RING_ERROR
     if ring_try_open(r) or cb_load_acquire(&r.current) != c:
         return RING_OK
-    if max_wait != 0 and ring_help(r, max_wait):
+    # Help once the flusher has had time to wake and still is not on a CPU:
+    # while it runs, it writes in parallel with us, which is faster.
+    if (max_wait != 0 and spins[0] >= HELP_AFTER and not cb_load_relaxed(&r.awake)
+            and ring_help(r, max_wait)):
         return RING_OK
     if not cb_backoff(spins):
         return RING_OK
@@ -1029,6 +1038,7 @@ cdef void flusher_loop(cb_ring *r) noexcept nogil:
     cdef uint64_t done_before
     cdef double last_work = 0.0, gap = 1.0
     block_signals(&all_signals, NULL)  # (already blocked from birth: see _start_flusher)
+    cb_store_relaxed(&r.awake, 1)
     while True:
         key = cb_event_key(&r.work_ev)
         if cb_load_acquire(&r.park) or cb_load_acquire(&r.inline):
@@ -1070,7 +1080,9 @@ cdef void flusher_loop(cb_ring *r) noexcept nogil:
         if timeout > 0 and got and gap < FLUSHER_SPIN and flusher_spin(r, key, last_work + 2 * gap):
             continue
         if timeout > 0:
+            cb_store_relaxed(&r.awake, 0)
             cb_event_wait(&r.work_ev, key, timeout)
+            cb_store_relaxed(&r.awake, 1)
 
 
 cdef bint flusher_spin(cb_ring *r, unsigned key, double until) noexcept nogil:
@@ -1138,7 +1150,15 @@ cdef int ring_set_lanes(cb_ring *r, uint64_t nlanes, uint64_t lane_size) except 
 cdef void ring_reset(cb_ring *r, uint64_t base) noexcept nogil:
     """Every slot closed, generation `count` about to open at stream
     position ``base``.  Used at creation and in a forked child."""
-    cdef uint64_t i
+    cdef uint64_t i, pending = 0
+    # Writes the parent had counted but not yet totalled stay counted: the
+    # child's statistics go on from the parent's at the fork.
+    for i in range(r.count):
+        pending += (cb_load_relaxed(&r.slots[i].writes)
+                    + state_count(cb_load_relaxed(&r.slots[i].state)))
+    for i in range(r.nlanes):
+        pending += state_count(cb_load_relaxed(&r.lanes[i].state))
+    cb_fetch_add_relaxed(&r.st_writes, pending)
     for i in range(r.count):
         cb_atomic_init(&r.slots[i].state, CB_CLOSED_SLOT)
         cb_atomic_init(&r.slots[i].gen, i)
@@ -1162,6 +1182,7 @@ cdef void ring_reset(cb_ring *r, uint64_t base) noexcept nogil:
     cb_atomic_init(&r.stop, 0)
     cb_atomic_init(&r.park, 0)
     cb_atomic_init(&r.running, 0)
+    cb_atomic_init(&r.awake, 0)
     cb_atomic_init(&r.inline, 0)
     cb_atomic_init(&r.tell_floor, base)
     for i in range(r.nlanes):  # (a forked child: the lanes' bytes are the parent's)
@@ -1209,6 +1230,7 @@ def _flusher_main(_RingHandle handle):
         with nogil:
             flusher_loop(r)
     finally:
+        cb_store_relaxed(&r.awake, 0)
         cb_store_release(&r.running, 0)
         cb_event_notify(&r.done_ev)
 

@@ -38,8 +38,8 @@ cdef struct cb_sink:
     int fd                  # destination fd (writev), or -1 for a Python raw
     int poll_fd             # fd to poll for writability, or -1 (sleep instead)
     bint fsync              # fsync after each batch (regular files only)
-    bint prompt             # fd is a regular file or a character device (/dev/null):
-                            # a write(2) to it never waits on a reader
+    bint prompt             # fd is a regular file or /dev/null: a write(2) to it
+                            # never waits on a reader
     bint rawio              # raw is an io.RawIOBase: write() -> None means "would block"
     PyObject *write_obj     # raw.write or the layer-2 callable (owned), or NULL
     PyObject *raw           # the raw object, for flush() and fileno() (owned), or NULL
@@ -85,8 +85,8 @@ cdef void sink_clear_file(cb_sink *s) noexcept
 cdef void sink_clear(cb_sink *s) noexcept
 
 # True when any thread may hand ``s`` a batch at no risk of a long wait: a
-# plain fd sink on a regular file or character device, no fsync (a pipe or a
-# socket can block on its reader; a file sink runs Python policy code).
+# plain fd sink on a regular file or /dev/null, no fsync (a pipe, a socket or
+# a terminal can block on its reader; a file sink runs Python policy code).
 cdef bint sink_prompt(cb_sink *s) noexcept nogil
 
 # Wait at most ``timeout`` seconds for the destination to take bytes again.

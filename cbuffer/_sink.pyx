@@ -181,6 +181,7 @@ cdef extern from "<sys/stat.h>" nogil:
         unsigned long st_dev
         unsigned long st_ino
         unsigned int st_mode
+        unsigned long st_rdev
         long st_size
     int c_fstat "fstat"(int fd, c_stat_t *buf)
     bint S_ISREG(unsigned int mode)
@@ -319,7 +320,11 @@ cdef void sink_init_fd(cb_sink *s, int fd, bint fsync) noexcept nogil:
     s.fd = fd
     s.poll_fd = fd
     s.fsync = fsync
-    s.prompt = fd >= 0 and c_fstat(fd, &st) == 0 and (S_ISREG(st.st_mode) or S_ISCHR(st.st_mode))
+    cdef c_stat_t null
+    # Not any character device: a terminal can stall on its reader.
+    s.prompt = fd >= 0 and c_fstat(fd, &st) == 0 and (
+        S_ISREG(st.st_mode) or (S_ISCHR(st.st_mode) and c_stat("/dev/null", &null) == 0
+                                and st.st_rdev == null.st_rdev))
     s.rawio = False
     s.write_obj = NULL
     s.raw = NULL

@@ -19,7 +19,9 @@ import threading
 import time
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.stdlib cimport calloc, free
+from posix.stdlib cimport posix_memalign
+from libc.string cimport memcpy, memset
 
 from cbuffer._buffer cimport (
     ConcurrentBuffer, cb_region, region_leave, region_reserve,
@@ -304,6 +306,45 @@ def bare_fetch_add(int threads, long iterations):
     _, elapsed = _run_threads(worker, threads)
     if cb_load_acquire(&counter) != <uint64_t>threads * iterations:
         raise AssertionError("lost increments")
+    return elapsed
+
+
+def bare_copy(bint shared, int threads, long iterations, Py_ssize_t size):
+    """The floor for copying records into a ring: each thread copies
+    ``size``-byte records ``iterations`` times round a ring of four 64 KiB
+    buffers -- one ring for all threads (``shared``) or one each.  Nothing
+    is synchronised but the offset (a fetch_add on the ring's own line).
+    Returns seconds."""
+    cdef Py_ssize_t ring_size = 4 * 65536
+    cdef int rings = 1 if shared else threads
+    cdef void *memory = NULL
+    cdef void *offsets = NULL  # a cache line each
+    cdef char *src = <char *>calloc(1, size)
+    if (src == NULL or posix_memalign(&memory, 4096, rings * ring_size) != 0
+            or posix_memalign(&offsets, 64, rings * 64) != 0):
+        free(memory)
+        free(src)
+        raise MemoryError()
+    memset(memory, 0, rings * ring_size)
+    memset(offsets, 0, rings * 64)
+
+    def worker(uint32_t tid, _Start start):
+        cdef int k = 0 if shared else tid
+        cdef char *ring = <char *>memory + k * ring_size
+        cdef cb_atomic_u64 *off = <cb_atomic_u64 *>(<char *>offsets + 64 * k)
+        cdef long _i
+        cdef uint64_t at
+        with nogil:
+            start.arrive()
+            for _i in range(iterations):
+                at = cb_fetch_add_acq_rel(off, size) % (ring_size - ring_size % size)
+                memcpy(ring + at, src, size)
+    try:
+        _, elapsed = _run_threads(worker, threads)
+    finally:
+        free(memory)
+        free(src)
+        free(offsets)
     return elapsed
 
 

@@ -419,7 +419,9 @@ def nogil_case(args, progress):
     """C-level appends from 1 and 2 nogil threads: the sequenced ring path
     (ring_append, positions known), the lane path (lane_write: a writer's
     write() on a free-threaded build) and a bare atomic fetch_add on one
-    shared counter, interleaved.  Returns {(path, threads): [appends/s]}."""
+    shared counter, interleaved; and the floor for 4 KiB records, bare
+    copies into one shared ring or a ring per thread.  Returns
+    {(path, threads): [appends/s]}."""
     from cbuffer import _testing
 
     out = {}
@@ -440,6 +442,12 @@ def nogil_case(args, progress):
             out.setdefault(("lane_write", threads), []).append(per * threads / secs_lane)
             out.setdefault(("fetch_add", threads), []).append(
                 per * threads / _testing.bare_fetch_add(threads, per))
+            copies = n // 16 // threads  # 4 KiB records: the same bytes as 64 B ones / 4
+            out.setdefault(("copy-shared", threads), []).append(
+                copies * threads / _testing.bare_copy(True, threads, copies, 4096))
+        copies = n // 32
+        out.setdefault(("copy-private", 2), []).append(
+            copies * 2 / _testing.bare_copy(False, 2, copies, 4096))
         progress.step("nogil")
     return out
 
@@ -590,6 +598,13 @@ def report(args, results):
             lines.append(f"  {path:>12}: 1 thread {fmt_rate(m1)} [{fmt_rate(l1).strip()}-"
                          f"{fmt_rate(h1).strip()}], 2 threads {fmt_rate(m2)} [{fmt_rate(l2).strip()}-"
                          f"{fmt_rate(h2).strip()}]: {m2 / m1:.2f}x")
+        lines.append("4 KiB copies round a ring of 4 x 64 KiB (bare C, no writer): copies/s median [min-max]")
+        m1, l1, h1 = summary(nogil[("copy-shared", 1)])
+        for label, key in (("one ring", "copy-shared"), ("a ring each", "copy-private")):
+            m2, l2, h2 = summary(nogil[(key, 2)])
+            lines.append(f"  {label:>12}: 2 threads {fmt_rate(m2)} [{fmt_rate(l2).strip()}-"
+                         f"{fmt_rate(h2).strip()}]: {m2 / m1:.2f}x 1 thread's "
+                         f"{fmt_rate(m1).strip()} [{fmt_rate(l1).strip()}-{fmt_rate(h1).strip()}]")
         lane = statistics.median(nogil[("lane_write", 2)]) / statistics.median(nogil[("lane_write", 1)])
         verdicts.append(("nogil: lane_write 2 threads / 1 thread", lane, 1.5, lane >= 1.5))
         ratio = statistics.median(nogil[("ring_append", 2)]) / statistics.median(nogil[("fetch_add", 2)])

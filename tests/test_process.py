@@ -247,6 +247,39 @@ def test_fork_child_flushes_at_exit_and_has_own_flusher(tmp_path):
     assert child == [b"child %04d" % i for i in range(1000)]
 
 
+@pytest.mark.parametrize("lanes", [0, 2])
+def test_fork_child_counts_go_on_from_the_parents(tmp_path, lanes):
+    """stats()["writes"] in a forked child starts from the parent's count at the fork,
+    writes still in the open buffer or a lane included, and counts each of its own."""
+    path = tmp_path / "fork"
+    proc = run("""
+        import os, sys, warnings
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import cbuffer
+        w = cbuffer.open(sys.argv[1], "ab", lanes=int(sys.argv[2]))
+        for i in range(45):                       # 32 + 13: a carried count and a live one
+            w.write(b"p%02d," % i)
+        r, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            at_fork = w.stats()["writes"]
+            for i in range(7):
+                w.write(b"c%d," % i)
+            w.flush()
+            os.write(wfd, b"%d %d" % (at_fork, w.stats()["writes"]))
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        print(os.read(r, 100).decode(), w.stats()["writes"])
+        w.close()
+        """, path, lanes)
+    assert proc.returncode == 0, proc.stderr.decode()
+    child_at_fork, child_after, parent = map(int, proc.stdout.split())
+    assert (child_at_fork, child_after, parent) == (45, 52, 45)
+    data = read(path)
+    assert data.count(b"p") == 45 and data.count(b"c") == 7
+
+
 def test_fork_while_threads_write(tmp_path):
     """fork() while other threads are mid-write: the child neither hangs nor
     repeats the parent's bytes; every record is whole and appears once."""

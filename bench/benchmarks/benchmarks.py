@@ -316,6 +316,23 @@ class LaneWriteScaling:
         return statistics.median(ratios)
 
 
+class SharedRingCopies:
+    """The floor for 4 KiB records: bare C copies round one ring shared by 2
+    threads, and round a ring each, over 1 thread's rate; median of 5
+    interleaved runs.  Cache lines of a shared ring move between cores."""
+    unit = "ratio"
+    params = [["one ring", "a ring each"]]
+    param_names = ["rings"]
+
+    def track_two_threads_over_one(self, rings):
+        ratios = []
+        for _ in range(5):
+            one = 250_000 / _testing.bare_copy(True, 1, 250_000, 4096)
+            two = 250_000 / _testing.bare_copy(rings == "one ring", 2, 125_000, 4096)
+            ratios.append(two / one)
+        return statistics.median(ratios)
+
+
 class PrintLines:
     """print() of 60-character lines from 8 threads into a file: lines per
     second through cbuffer.open(path, "w") beside io's
