@@ -51,6 +51,13 @@ A slot's life::
   the bytes alive.
 * Ring full.  A writer that finds no open slot spins briefly, then sleeps on
   ``space_ev`` with the GIL released; it never takes space it cannot fill.
+  Into a regular file or /dev/null, a writer off the interpreter that has
+  spun ~20 us while the flusher is still not on a CPU (``awake``) takes the
+  mutex if it is free and dispatches one batch itself (``ring_help``).
+* Counting.  The reserving CAS also counts the write in the state word's
+  bits 7..3 (mod 32); the write that wraps them adds 32 to ``slot.writes``
+  (``lane.writes``).  ``ring_finish`` totals a generation's count before
+  ``written`` moves; a lane's is totalled when the lane reopens.
 * Errors.  A failed sink write sets the sticky ``error`` (with ``exc`` for a
   Python exception, both under ``exc_mu``); nothing is dispatched until it is
   cleared.
