@@ -533,8 +533,7 @@ class ConcurrentRotatingFileHandler(ConcurrentFileHandler, logging.handlers.Rota
     def close(self):
         ConcurrentFileHandler.close(self)
         if self.compress:
-            rotation.SizeRotation(None, self, True).sweep()  # also other processes' leftovers
-            rotation.compressor.wait(5)
+            rotation.compress_leftovers(rotation.SizeRotation(None, self, True))
 
 
 class ConcurrentTimedRotatingFileHandler(ConcurrentFileHandler,
@@ -602,8 +601,7 @@ class ConcurrentTimedRotatingFileHandler(ConcurrentFileHandler,
     def close(self):
         ConcurrentFileHandler.close(self)
         if self.compress:
-            rotation.TimedRotation(None, self, True).sweep()
-            rotation.compressor.wait(5)
+            rotation.compress_leftovers(rotation.TimedRotation(None, self, True))
 
 
 class _WatchTarget(rotation.FileTarget):

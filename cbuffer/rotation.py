@@ -245,6 +245,19 @@ class _Compressor:
 
 
 compressor = _Compressor()
+
+
+def compress_leftovers(policy, timeout=5.0):
+    """At a handler's close: queue every backup not compressed yet (this
+    process's and other processes' leftovers) and wait for them.  The
+    compressor tries a file once per queueing and leaves it while a writer
+    still holds it, and a queueing is skipped while the same file is in
+    hand; so queue again, three rounds within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    for _ in range(3):
+        policy.sweep()
+        if not compressor.wait(max(0.0, deadline - time.monotonic())):
+            return
 os.register_at_fork(before=compressor.before_fork, after_in_parent=compressor.after_fork_in_parent,
                     after_in_child=compressor.after_fork_in_child)
 _names = itertools.count()
