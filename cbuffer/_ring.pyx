@@ -165,6 +165,11 @@ cdef inline cb_slot *slot_of(cb_ring *r, uint64_t gen) noexcept nogil:
     return &r.slots[gen % r.count]
 
 
+cdef inline uint64_t slot_count(cb_slot *slot) noexcept nogil:
+    """Writes of the slot's generation not yet added to ``st_writes``."""
+    return cb_load_relaxed(&slot.writes) + state_count(cb_load_relaxed(&slot.state))
+
+
 cdef inline uint64_t my_ident() noexcept nogil:
     return <uint64_t>PyThread_get_thread_ident()
 
@@ -1161,8 +1166,7 @@ cdef void ring_reset(cb_ring *r, uint64_t base) noexcept nogil:
     # Writes the parent had counted but not yet totalled stay counted: the
     # child's statistics go on from the parent's at the fork.
     for i in range(r.count):
-        pending += (cb_load_relaxed(&r.slots[i].writes)
-                    + state_count(cb_load_relaxed(&r.slots[i].state)))
+        pending += slot_count(&r.slots[i])
     for i in range(r.nlanes):
         pending += state_count(cb_load_relaxed(&r.lanes[i].state))
     cb_fetch_add_relaxed(&r.st_writes, pending)
@@ -2021,8 +2025,7 @@ cdef class BufferRing:
         cdef cb_ring *r = self.ring
         cdef uint64_t live = 0, i
         for i in range(r.count):
-            live += (cb_load_relaxed(&r.slots[i].writes)
-                     + state_count(cb_load_relaxed(&r.slots[i].state)))
+            live += slot_count(&r.slots[i])
         cap = cb_load_relaxed(&r.st_capacity)
         for i in range(r.nlanes):
             live += (cb_load_relaxed(&r.lanes[i].writes)
